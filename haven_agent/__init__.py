@@ -1,0 +1,1 @@
+"""haven-agent: the node agent of a Haven Docker cluster."""

@@ -1,0 +1,1 @@
+"""Tests for haven-agent; run with `python -m twisted.trial tests`."""
