@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_body_framing -*-
+"""
+Finding where a request body ends while its bytes stream past untouched.
+
+A keep-alive connection carries one request after another, and each must
+pass the gate, so the proxy has to know where each body ends. Bodies have no
+size limit (`docker load` and `docker build` send gigabytes, chunked), so the
+trackers never keep body bytes: they count through chunk payloads and only
+look at the few bytes of chunk-size lines and trailers, each bounded.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 64 * 1024
+
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,15}")
+
+
+class FramingError(Exception):
+    """
+    The body's framing is malformed; bytes up to `end` were part of it.
+    """
+
+    def __init__(self, message: str, end: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.end = end
+
+
+class LengthBody:
+    """
+    A body of a known number of bytes (Content-Length, or none at all).
+    """
+
+    def __init__(self, length: int) -> None:
+        self._remaining = length
+
+    @property
+    def done(self) -> bool:
+        return self._remaining == 0
+
+    def feed(self, data: bytes, start: int = 0) -> int:
+        """
+        Consume body bytes from C{data[start:]}; return where the body ends
+        in C{data}, or C{len(data)} when it goes on.
+        """
+        take = min(self._remaining, len(data) - start)
+        self._remaining -= take
+        return start + take
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkedBody:
+    """
+    A chunked body (RFC 9112 section 7.1), parsed as leniently as Go's
+    net/http, which is what dockerd will use to read the same bytes.
+    """
+
+    def __init__(self) -> None:
+        self._state = _SIZE
+        self._line = b""
+        self._remaining = 0
+        self._trailerBytes = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes, start: int = 0) -> int:
+        """
+        Consume body bytes from C{data[start:]}; return where the body ends
+        in C{data}, or C{len(data)} when it goes on.
+
+        @raise FramingError: on a malformed chunk-size line, a missing CRLF
+            after chunk data, or lines beyond their bounds.
+        """
+        position = start
+        size = len(data)
+        while position < size:
+            state = self._state
+            if state == _DATA:
+                take = min(self._remaining, size - position)
+                position += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _DATA_END
+            elif state == _DONE:
+                return position
+            else:
+                newline = data.find(b"\n", position)
+                if newline < 0:
+                    self._line += data[position:]
+                    self._checkLineLength(size)
+                    return size
+                line = self._line + data[position:newline]
+                self._line = b""
+                position = newline + 1
+                self._checkLineLength(position, line)
+                self._lineComplete(line.rstrip(b"\r"), position)
+        return position
+
+    def _checkLineLength(self, end: int, line: bytes | None = None) -> None:
+        length = len(self._line if line is None else line)
+        limit = MAX_TRAILERS if self._state == _TRAILER else MAX_CHUNK_LINE
+        if length > limit:
+            raise FramingError("chunk line too long", end)
+
+    def _lineComplete(self, line: bytes, end: int) -> None:
+        state = self._state
+        if state == _SIZE:
+            sizeField = line.split(b";", 1)[0].strip(b" \t")
+            if _CHUNK_SIZE.fullmatch(sizeField) is None:
+                raise FramingError("malformed chunk size", end)
+            self._remaining = int(sizeField, 16)
+            self._state = _DATA if self._remaining else _TRAILER
+        elif state == _DATA_END:
+            if line:
+                raise FramingError("chunk data not followed by CRLF", end)
+            self._state = _SIZE
+        else:
+            self._trailerBytes += len(line) + 2
+            if self._trailerBytes > MAX_TRAILERS:
+                raise FramingError("trailers too long", end)
+            if not line:
+                self._state = _DONE

@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_http_head -*-
+"""
+Reading and judging one HTTP/1.x request head, without touching its bytes.
+
+The proxy must decide three things about every request before it lets the
+request through: who sent it (the Authorization header), where its body ends
+(so the next request on a keep-alive connection is gated too), and whether
+dockerd will turn the connection into a raw stream (attach, exec, upgrades).
+Everything else is dockerd's business: the head is parsed only to answer
+those questions and is then forwarded exactly as it arrived.
+
+Framing follows RFC 9112 section 6 strictly, and refuses the ambiguous cases
+(Content-Length together with Transfer-Encoding, differing lengths) that
+would let a proxy and a server disagree about where a request ends.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from attrs import frozen
+
+MAX_HEAD_BYTES = 64 * 1024
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/1\.[01]\Z")
+_BAD_TARGET_BYTE = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+_API_PREFIX = re.compile(rb"\A/v[0-9][0-9.]*(?=/)")
+_HIJACK_PATHS = (
+    re.compile(rb"\A/containers/.+/attach\Z", re.S),
+    re.compile(rb"\A/exec/.+/start\Z", re.S),
+)
+
+
+class HeadError(Exception):
+    """
+    The request head cannot be accepted; `status` is the HTTP answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@frozen
+class Framing:
+    """
+    Where a request body ends: `chunked`, or else `length` bytes (0 for none).
+    """
+
+    chunked: bool = False
+    length: int = 0
+
+
+@frozen
+class RequestHead:
+    """
+    One request head: the exact bytes received and what was read from them.
+
+    Header names are lower-cased and values stripped of surrounding
+    whitespace in `headers`; `raw` is what is forwarded.
+    """
+
+    raw: bytes
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+
+    def values(self, name: bytes) -> list[bytes]:
+        """
+        All values of the header C{name} (lower-case), in order.
+        """
+        return [value for key, value in self.headers if key == name]
+
+    def first(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def path(self) -> bytes:
+        """
+        The target's path, without query, percent-decoded.
+        """
+        target = self.target
+        if target.startswith((b"http://", b"https://")):
+            slash = target.find(b"/", target.find(b"//") + 2)
+            target = target[slash:] if slash >= 0 else b"/"
+        return unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
+
+    @property
+    def framing(self) -> Framing:
+        return _framing(self)
+
+    @property
+    def hijacks(self) -> bool:
+        """
+        Will dockerd turn this connection into a raw two-way stream?
+
+        Any C{Upgrade} request does (tcp for attach/exec, h2c for BuildKit
+        sessions, websocket for the attach/ws terminal), and so do attach and
+        exec start without one: older clients get a C{200} raw stream.
+        """
+        if self.first(b"upgrade") is not None:
+            return True
+        if self.method != b"POST":
+            return False
+        path = _API_PREFIX.sub(b"", self.path, count=1)
+        return any(pattern.match(path) for pattern in _HIJACK_PATHS)
+
+
+def _framing(head: RequestHead) -> Framing:
+    encodings = _list_values(head.values(b"transfer-encoding"))
+    lengths = _list_values(head.values(b"content-length"))
+    if encodings:
+        if lengths:
+            raise HeadError(400, "both Transfer-Encoding and Content-Length given")
+        if head.version == b"HTTP/1.0":
+            raise HeadError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        if [coding.lower() for coding in encodings] != [b"chunked"]:
+            raise HeadError(501, "only the chunked transfer coding is supported")
+        return Framing(chunked=True)
+    if lengths:
+        if any(_DIGITS.match(value) is None for value in lengths):
+            raise HeadError(400, "invalid Content-Length")
+        if len(set(lengths)) != 1:
+            raise HeadError(400, "conflicting Content-Length values")
+        return Framing(length=int(lengths[0]))
+    return Framing()
+
+
+def _list_values(values: list[bytes]) -> list[bytes]:
+    return [item.strip() for value in values for item in value.split(b",")]
+
+
+def parse_head(raw: bytes) -> RequestHead:
+    """
+    Parse a complete head (request line through the empty line).
+
+    @raise HeadError: 400 for anything that is not a well-formed HTTP/1.0 or
+        HTTP/1.1 request head.
+    """
+    lines = raw.split(b"\n")
+    # The head ends with an empty line, so the split ends with two empties.
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-2]]
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HeadError(400, "malformed request line")
+    method, target, version = parts
+    if _TOKEN.match(method) is None:
+        raise HeadError(400, "malformed request method")
+    if _VERSION.match(version) is None:
+        raise HeadError(400, "only HTTP/1.0 and HTTP/1.1 are served here")
+    if not target or _BAD_TARGET_BYTE.search(target):
+        raise HeadError(400, "malformed request target")
+    if not (target.startswith((b"/", b"http://", b"https://")) or target == b"*"):
+        raise HeadError(400, "malformed request target")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.match(name) is None:
+            raise HeadError(400, "malformed header line")
+        value = value.strip(b" \t")
+        if _BAD_VALUE_BYTE.search(value):
+            raise HeadError(400, "invalid character in a header value")
+        headers.append((name.lower(), value))
+    return RequestHead(raw, method, target, version, tuple(headers))
+
+
+class HeadReader:
+    """
+    Collects bytes until one request head is complete, within a size bound.
+
+    Empty lines before a request line are dropped (RFC 9112 section 2.2:
+    some clients send a CRLF after a request body).
+    """
+
+    def __init__(self, limit: int = MAX_HEAD_BYTES) -> None:
+        self._limit = limit
+        self._buffer = b""
+
+    @property
+    def started(self) -> bool:
+        """
+        Has any byte of the next head arrived?
+        """
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> tuple[RequestHead | None, bytes]:
+        """
+        Add C{data}; return the head once complete, with the bytes after it.
+
+        @raise HeadError: 431 when the head outgrows the limit, 400 when it
+            is malformed.
+        """
+        if self._buffer:
+            searchFrom = max(0, len(self._buffer) - 3)
+            buffer = self._buffer + data
+        else:
+            searchFrom = 0
+            buffer = data.lstrip(b"\r\n")
+        end = _HEAD_END.search(buffer, searchFrom)
+        if end is None:
+            if len(buffer) > self._limit:
+                raise HeadError(431, "request head larger than 64 KiB")
+            self._buffer = buffer
+            return None, b""
+        if end.end() > self._limit:
+            raise HeadError(431, "request head larger than 64 KiB")
+        self._buffer = b""
+        return parse_head(buffer[: end.end()]), buffer[end.end() :]
