@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Who may pass the gate: HTTP Basic credentials against the configured ones.
+
+The configured password may be plain text or a bcrypt hash (`$2a$`, `$2b$`,
+`$2y$`), which is what users of Haven's Java agent already have in their
+start strings. bcrypt at cost 12 takes a quarter of a second of CPU, and the
+docker CLI sends its credentials on every request, so each distinct presented
+credential is verified once, in a thread, and its verdict remembered (keyed
+by a SHA-256 of the header, never the password itself). Plain passwords are
+compared in constant time with `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import bcrypt
+from twisted.internet.defer import Deferred, succeed
+
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+
+
+def parse_basic(authorization: bytes | None) -> tuple[bytes, bytes] | None:
+    """
+    The (user, password) of a C{Basic} Authorization value, or None.
+    """
+    if not authorization:
+        return None
+    scheme, _, encoded = authorization.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = binascii.a2b_base64(encoded.strip(), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user, password
+
+
+def is_bcrypt_hash(secret: str) -> bool:
+    return secret.startswith(BCRYPT_PREFIXES) and len(secret) == 60
+
+
+class BasicAuthChecker:
+    """
+    Decides whether an Authorization header carries the agent's credentials.
+
+    @param runInThread: runs a blocking call off the reactor thread and
+        returns a Deferred of its result (C{deferToThread}, or a synchronous
+        stand-in in tests).
+    """
+
+    def __init__(
+        self,
+        user: str,
+        secret: str,
+        runInThread: Callable[..., Deferred[Any]],
+        cacheSize: int = 1024,
+    ) -> None:
+        self._user = user.encode("utf-8")
+        self._secret = secret.encode("utf-8")
+        self._hashed = is_bcrypt_hash(secret)
+        self._runInThread = runInThread
+        self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
+        self._pending: dict[bytes, list[Deferred[str | None]]] = {}
+        self._cacheSize = cacheSize
+        self.bcryptRuns = 0
+
+    def check(self, authorization: bytes | None) -> Deferred[str | None]:
+        """
+        Fire with the user name when the credentials are right, else None.
+        """
+        credentials = parse_basic(authorization)
+        if credentials is None:
+            return succeed(None)
+        user, password = credentials
+        if not self._hashed:
+            userOk = hmac.compare_digest(user, self._user)
+            passwordOk = hmac.compare_digest(password, self._secret)
+            return succeed(self._name(userOk & passwordOk))
+        key = hashlib.sha256(user + b"\0" + password).digest()
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            self._verdicts.move_to_end(key)
+            return succeed(self._name(verdict))
+        waiting: Deferred[str | None] = Deferred()
+        if key in self._pending:
+            self._pending[key].append(waiting)
+            return waiting
+        self._pending[key] = [waiting]
+        self.bcryptRuns += 1
+        verifying = self._runInThread(self._verify, user, password)
+        verifying.addErrback(lambda failure: False)
+        verifying.addCallback(self._remember, key)
+        return waiting
+
+    def _verify(self, user: bytes, password: bytes) -> bool:
+        userOk = hmac.compare_digest(user, self._user)
+        try:
+            # bcrypt reads at most 72 bytes; bcrypt >= 5 refuses longer input
+            # instead of truncating it as the hash's creator did.
+            passwordOk = bcrypt.checkpw(password[:72], self._secret)
+        except ValueError:
+            passwordOk = False
+        return userOk and passwordOk
+
+    def _remember(self, verdict: bool, key: bytes) -> None:
+        self._verdicts[key] = verdict
+        while len(self._verdicts) > self._cacheSize:
+            self._verdicts.popitem(last=False)
+        for waiting in self._pending.pop(key):
+            waiting.callback(self._name(verdict))
+
+    def _name(self, ok: bool) -> str | None:
+        return self._user.decode("utf-8") if ok else None
