@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_halfclose_tls -*-
+"""
+A TLS server transport that can close one direction at a time.
+
+The docker CLI half-closes its side of a hijacked connection as soon as stdin
+ends (`echo data | docker run -i ...`, and at once for `docker exec` without
+-i): over TLS it sends a close_notify alert, older clients send a bare TCP FIN.
+It then keeps reading until the server closes. Twisted's TLS wrapper answers a
+close_notify by tearing the whole connection down, and it does not pass a TCP
+FIN on as a half-close, so the container's output would be lost (twisted
+issue 5341). OpenSSL itself allows it: after the peer's close_notify our
+`send()` still works, and since TLS 1.3 close_notify closes only the sender's
+direction (RFC 8446, section 6.1), which is what Go's `CloseWrite` relies on.
+
+This module changes exactly three things about `BufferingTLSTransport`:
+
+- the peer's close_notify, or a TCP FIN, is delivered to the wrapped protocol
+  as `readConnectionLost()` when it provides `IHalfCloseableProtocol`;
+- `loseWriteConnection()` sends our close_notify and a TCP FIN once buffered
+  data is flushed, and keeps reading;
+- a full `loseConnection()` sends close_notify and then closes the socket at
+  once instead of waiting for the peer's answering alert, which a half-closed
+  peer has already sent or will never send.
+
+It relies on private attributes of Twisted's TLS wrapper, so setup.cfg pins
+the Twisted release line it is tested with.
+"""
+
+from __future__ import annotations
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseableTLSTransport(BufferingTLSTransport):
+    """
+    `BufferingTLSTransport` with independent read and write shutdown.
+
+    @ivar _readClosed: the peer will send no more application data (its
+        close_notify or a TCP FIN arrived).
+    @ivar _writeClosed: our close_notify has been queued; no more writes.
+    @ivar _writeClosePending: `loseWriteConnection` was asked for while
+        writes were still buffered behind the handshake or a producer.
+    """
+
+    _readClosed = False
+    _writeClosed = False
+    _writeClosePending = False
+
+    def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        # BufferingTLSTransport binds write straight to its aggregator; route
+        # writes through our check so nothing follows our close_notify.
+        del self.write
+
+    def _flushReceiveBIO(self) -> None:
+        while not self._lostTLSConnection and not self._readClosed:
+            try:
+                data = self._tlsConnection.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                # The peer's close_notify: its direction is done, ours is not.
+                self._peerFinishedSending()
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    self.wrappedProtocol.dataReceived(data)
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        # Closing a TCP transport whose write side is already shut down
+        # reports connectionLost at once, which drops the OpenSSL connection
+        # while this wrapper may still be on the stack.
+        if self._tlsConnection is not None:
+            super()._flushSendBIO()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._readClosed and self._handshakeDone:
+            # Anything after close_notify is not application data.
+            return
+        super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The TCP connection was half-closed by the peer (a FIN) without a
+        close_notify, as older docker clients do: treat it the same way.
+
+        OpenSSL is not told about the end of its input: since OpenSSL 3 an
+        unexpected EOF is a fatal error that would forbid our own writes,
+        and every complete record received was already processed.
+        """
+        if self._lostTLSConnection or self._readClosed:
+            self._closeIfBothDone()
+            return
+        if not self._handshakeDone:
+            # A FIN in the middle of the handshake: nothing to half-close.
+            self.transport.loseConnection()
+            return
+        self._peerFinishedSending()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our TCP FIN has been sent; nothing to do until reading ends too.
+        """
+
+    def _peerFinishedSending(self) -> None:
+        self._readClosed = True
+        protocol = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if protocol is None:
+            # The application cannot take a half-close: behave as before.
+            self.loseConnection()
+            return
+        protocol.readConnectionLost()
+        self._closeIfBothDone()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Send close_notify and a TCP FIN after everything written so far.
+        """
+        if self._writeClosed or self._lostTLSConnection or not self.connected:
+            return
+        self._aggregator.flush()
+        if self._appSendBuffer or self._producer is not None:
+            # Finish once the handshake has drained the buffered writes, or
+            # once the producer has been unregistered.
+            self._writeClosePending = True
+            return
+        self._sendCloseNotify()
+
+    def _sendCloseNotify(self) -> None:
+        if self._lostTLSConnection:
+            return
+        self._aggregator.flush()
+        if self._appSendBuffer:
+            self._writeClosePending = True
+            return
+        self._writeClosePending = False
+        self._writeClosed = True
+        try:
+            self._tlsConnection.shutdown()
+        except Error:
+            pass
+        self._flushSendBIO()
+        if self._readClosed:
+            self.transport.loseConnection()
+        else:
+            self.transport.loseWriteConnection()
+
+    def _closeIfBothDone(self) -> None:
+        if self._readClosed and self._writeClosed:
+            self.transport.loseConnection()
+
+    def _unbufferPendingWrites(self) -> None:
+        super()._unbufferPendingWrites()
+        if self._writeClosePending and not self._appSendBuffer:
+            if self._producer is None:
+                self._sendCloseNotify()
+
+    def unregisterProducer(self) -> None:
+        super().unregisterProducer()
+        if self._writeClosePending and not self._appSendBuffer:
+            self._sendCloseNotify()
+
+    def _shutdownTLS(self) -> None:
+        """
+        Send close_notify, then close the socket without waiting for the
+        peer's alert: a half-closed peer has already sent it, and a peer that
+        simply closes would otherwise hold the connection open.
+        """
+        if not self._writeClosed and not self._lostTLSConnection:
+            self._writeClosed = True
+            try:
+                self._tlsConnection.shutdown()
+            except Error:
+                pass
+            self._flushSendBIO()
+        self.transport.loseConnection()
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        if not self._writeClosed:
+            self._aggregator.write(data)
+
+    def writeSequence(self, sequence) -> None:
+        if not self._writeClosed:
+            self._aggregator.write(b"".join(sequence))
+
+    def connectionLost(self, reason) -> None:
+        # Whatever OpenSSL still holds was delivered as it arrived; do not
+        # report a half-close on the way to the full close.
+        self._readClosed = True
+        super().connectionLost(reason)
+
+
+class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
+    """
+    Wraps an application factory in `HalfCloseableTLSTransport` connections.
+    """
+
+    protocol = HalfCloseableTLSTransport
+
+
+def wrapWithHalfCloseableTLS(
+    contextFactory, wrappedFactory: IProtocolFactory, clock=None
+) -> HalfCloseableTLSFactory:
+    """
+    Put server-side TLS, with half-close, on top of C{wrappedFactory}.
+    """
+    return HalfCloseableTLSFactory(contextFactory, False, wrappedFactory, clock)

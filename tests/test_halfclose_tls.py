@@ -1,0 +1,191 @@
+"""
+Tests for L{haven_agent.halfclose_tls} on real TCP sockets: the kernel's
+FIN and OpenSSL's close_notify are the point, so nothing here is simulated.
+
+The client is a blocking pyOpenSSL connection run in a thread, because it
+must do exactly what the Go docker CLI does: send, close its own direction
+(close_notify or a bare FIN), then keep reading until the server is done.
+"""
+
+import socket
+import struct
+
+from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from haven_agent.certificates import certificate_options, load_or_create_self_signed
+from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
+
+
+@implementer(IHalfCloseableProtocol)
+class EchoThenDone(Protocol):
+    """
+    Like `sh -c 'cat; echo done'`: echo until the client's input ends, then
+    say done and close.
+    """
+
+    def connectionMade(self):
+        self.factory.connected.append(self)
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+        self.transport.write(data)
+        if b"bye" in self.received and self.factory.closeFirst:
+            self.transport.write(b"ok")
+            self.transport.loseWriteConnection()
+
+    def readConnectionLost(self):
+        if not self.factory.closeFirst:
+            self.transport.write(b"done\n")
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.factory.lost.callback(self.received)
+
+
+class PlainEcho(Protocol):
+    def connectionMade(self):
+        self.factory.connected.append(self)
+
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+    def connectionLost(self, reason):
+        self.factory.lost.callback(None)
+
+
+def tlsClient(port, send, tls12=False, finOnly=False, then=b""):
+    """
+    Send C{send}, close our direction, optionally send C{then} after the
+    server closed its own, and read to the end. Returns (bytes, clean end).
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_alpn_protos([b"http/1.1"])
+    if tls12:
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    sock = socket.create_connection(("127.0.0.1", port))
+    # pyOpenSSL needs a blocking socket; a receive timeout still keeps a
+    # broken server from hanging the test run.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 20, 0))
+    connection = SSL.Connection(context, sock)
+    connection.set_connect_state()
+    connection.do_handshake()
+    connection.sendall(send)
+    if not then:
+        if finOnly:
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            connection.shutdown()
+    received, clean = b"", False
+    while True:
+        try:
+            data = connection.recv(65536)
+        except SSL.ZeroReturnError:
+            clean = True
+            break
+        except SSL.SysCallError:
+            break
+        if not data:
+            break
+        received += data
+    if then:
+        connection.sendall(then)
+        connection.shutdown()
+    version = connection.get_protocol_version_name()
+    sock.close()
+    return received, clean, version
+
+
+class HalfCloseTests(TestCase):
+    def listen(self, protocol, closeFirst=False):
+        directory = self.mktemp()
+        certificate = load_or_create_self_signed(
+            directory, host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        factory = Factory.forProtocol(protocol)
+        factory.connected = []
+        factory.lost = Deferred()
+        factory.closeFirst = closeFirst
+        self.factory = factory
+        tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
+        port = reactor.listenTCP(0, tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def assertOutputSurvivesHalfClose(self, **clientOptions):
+        port = self.listen(EchoThenDone)
+        received, clean, version = yield deferToThread(
+            tlsClient, port, b"data\n", **clientOptions
+        )
+        self.assertEqual(received, b"data\ndone\n")
+        self.assertTrue(clean, "the server ends with its own close_notify")
+        serverSaw = yield self.factory.lost
+        self.assertEqual(serverSaw, b"data\n")
+        return version
+
+    @inlineCallbacks
+    def test_closeNotifyTLS13(self):
+        version = yield self.assertOutputSurvivesHalfClose()
+        self.assertEqual(version, "TLSv1.3")
+
+    @inlineCallbacks
+    def test_closeNotifyTLS12(self):
+        version = yield self.assertOutputSurvivesHalfClose(tls12=True)
+        self.assertEqual(version, "TLSv1.2")
+
+    def test_bareFIN(self):
+        return self.assertOutputSurvivesHalfClose(finOnly=True)
+
+    def test_bareFINTLS12(self):
+        return self.assertOutputSurvivesHalfClose(finOnly=True, tls12=True)
+
+    @inlineCallbacks
+    def test_serverClosesItsDirectionFirst(self):
+        port = self.listen(EchoThenDone, closeFirst=True)
+        received, clean, _ = yield deferToThread(
+            tlsClient, port, b"bye", then=b"still reading"
+        )
+        self.assertEqual(received, b"byeok")
+        self.assertTrue(clean)
+        serverSaw = yield self.factory.lost
+        self.assertEqual(serverSaw, b"byestill reading")
+
+    @inlineCallbacks
+    def test_notHalfCloseableClosesAsBefore(self):
+        port = self.listen(PlainEcho)
+        received, clean, _ = yield deferToThread(tlsClient, port, b"data")
+        self.assertEqual(received, b"data")
+        yield self.factory.lost
+
+    @inlineCallbacks
+    def test_largeOutputAfterHalfClose(self):
+        """
+        Several MB written after the client's close_notify all arrive: the
+        close waits for buffered TLS data to flush.
+        """
+        big = b"x" * (8 * 1024 * 1024)
+
+        @implementer(IHalfCloseableProtocol)
+        class BigAfterEOF(EchoThenDone):
+            def readConnectionLost(self):
+                self.transport.write(big)
+                self.transport.write(b"done\n")
+                self.transport.loseConnection()
+
+        port = self.listen(BigAfterEOF)
+        received, clean, _ = yield deferToThread(tlsClient, port, b"go")
+        self.assertEqual(len(received), len(b"go") + len(big) + len(b"done\n"))
+        self.assertTrue(received.endswith(b"xdone\n"))
+        self.assertTrue(clean)
+        yield self.factory.lost
