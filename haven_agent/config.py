@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The agent's settings, resolved once from the command line and environment.
+
+Every option can also come from an environment variable (the command line
+wins), and the names Haven's own start strings already use
+(`dm_auth_adminPassword`, `server_port`, `dm_agent_server_names`, ...) are
+read as they are, so an existing start string needs no edit.
+"""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+DEFAULT_PORT = 8771
+DEFAULT_PASSWORD = "password"
+DEFAULT_DOCKER = "unix:/var/run/docker.sock"
+DEFAULT_STATE_DIR = "/var/lib/haven-agent"
+
+
+@frozen
+class ProxyConfig:
+    """
+    How the Docker API proxy listens, whom it lets in, and where dockerd is.
+
+    @ivar passwordIsDefault: no password was configured, so Haven's
+        documented default applies; start-up warns about it.
+    """
+
+    listen: tuple[str, ...]
+    docker: str
+    user: str
+    password: str = field(repr=False)
+    passwordIsDefault: bool
+    tlsCert: str | None
+    tlsKey: str | None
+    stateDir: str
+    serverNames: tuple[str, ...]
+    firstHeadTimeout: float = 30.0
+    nextHeadTimeout: float = 30.0
+
+
+def docker_endpoint(value: str) -> str:
+    """
+    A client endpoint description for dockerd; a bare path means a UNIX socket.
+    """
+    if value.startswith("/"):
+        return "unix:" + value.replace("\\", "\\\\").replace(":", "\\:")
+    return value
+
+
+def listen_endpoint(value: str) -> str:
+    """
+    A server endpoint description; a bare port number means TCP.
+    """
+    if value.isdigit():
+        return f"tcp:{value}"
+    return value

@@ -1,0 +1,438 @@
+# -*- test-case-name: tests.test_gate -*-
+"""
+The gate: every request head on a client connection is read, judged and
+then let through to dockerd byte for byte.
+
+One client connection maps to one connection to dockerd, opened when the
+first request has been authorised. For each request the gate reads the head
+(bounded), checks its Basic credentials, forwards the head and follows the
+body's framing to find the next head, which is gated again. A request that
+dockerd will hijack (attach, exec start, any Upgrade) turns the connection
+into a raw two-way pipe for the rest of its life. dockerd's replies are never
+parsed; they flow back under flow control only.
+
+Refusals (401, 400, 431, 502, ...) are JSON bodies like dockerd's own errors,
+followed by a close. A refusal of a later request on a keep-alive connection
+waits until dockerd has finished what it was still sending, so the answer is
+never spliced into the middle of an earlier response.
+
+Time bounds apply only before a request head is complete: the first head
+(and the TLS handshake before it) and any later head once its first byte has
+arrived. Established streams never time out: the Haven master keeps
+`/events` open for hours. Peers that vanish are found by TCP keep-alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from haven_agent.auth import BasicAuthChecker
+from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.http_head import Framing, HeadError, HeadReader, RequestHead
+from haven_agent.responses import error_response
+from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
+
+AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
+
+log = Logger(namespace="haven_agent.requests")
+
+
+@define(eq=False, slots=False)
+class GateFactory(Factory):
+    """
+    Builds one `GateProtocol` per accepted (TLS-wrapped) client connection.
+
+    @ivar connectDocker: connects a protocol to dockerd and returns a
+        Deferred that fires once it is connected.
+    @ivar dockerDescription: how dockerd is reached, for error messages.
+    """
+
+    noisy = False
+
+    checker: BasicAuthChecker
+    connectDocker: Callable[[Protocol], Deferred[Any]]
+    dockerDescription: str
+    clock: IReactorTime
+    firstHeadTimeout: float = 30.0
+    nextHeadTimeout: float = 30.0
+    lingerTimeout: float = 2.0
+
+    def buildProtocol(self, addr):
+        return GateProtocol(self, addr)
+
+
+@define(eq=False)
+class RequestRecord:
+    """
+    What the access log says about one request.
+    """
+
+    method: str
+    path: str
+    user: str | None
+    started: float
+    bytesIn: int = 0
+    bytesOut: int = 0
+    hijacked: bool = False
+
+    @classmethod
+    def of(cls, head: RequestHead | None, user: str | None, now: float):
+        if head is None:
+            return cls("-", "-", user, now)
+        target = head.target.decode("latin-1")
+        if len(target) > 256:
+            target = target[:256] + "..."
+        return cls(head.method.decode("latin-1"), target, user, now)
+
+
+@implementer(IHalfCloseableProtocol)
+class GateProtocol(Protocol):
+    """
+    One client connection: the gate in front, the splice to dockerd behind.
+    """
+
+    def __init__(self, factory: GateFactory, peer) -> None:
+        self._factory = factory
+        self._clock = factory.clock
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._reader = HeadReader()
+        self._body: LengthBody | ChunkedBody | None = None
+        self._docker: DockerConnection | None = None
+        self._connecting = False
+        self._piping = False
+        self._deciding = False
+        self._processing = False
+        self._discarding = False
+        self._lingering = False
+        self._finished = False
+        self._clientReadDone = False
+        self._dockerReadDone = False
+        self._pending = b""
+        self._refusal: bytes | None = None
+        self._request: RequestRecord | None = None
+        self._requests = 0
+        self._timer = None
+        self._clientPauser: PauseReasons | None = None
+
+    # Client events
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        self._clientPauser = PauseReasons(self.transport)
+        self._startTimer(self._factory.firstHeadTimeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._piping:
+            self._toDocker(data)
+        elif self._deciding:
+            self._pending += data
+        else:
+            self._process(data)
+
+    def readConnectionLost(self) -> None:
+        self._clientReadDone = True
+        if self._lingering:
+            self.transport.loseConnection()
+        elif not (self._deciding or self._discarding):
+            self._passClientEOF()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason=None) -> None:
+        self._finished = True
+        self._cancelTimer()
+        self._finishRequest("client closed")
+        docker = self._docker
+        if docker is not None and not docker.closed:
+            docker.transport.unregisterProducer()
+            docker.transport.loseConnection()
+
+    # Reading heads and bodies
+
+    def _process(self, data: bytes) -> None:
+        self._processing = True
+        try:
+            while data and not self._discarding:
+                if self._piping:
+                    self._toDocker(data)
+                    return
+                if self._body is not None:
+                    data = self._feedBody(data)
+                    continue
+                if not self._reader.started and self._requests:
+                    self._startTimer(self._factory.nextHeadTimeout)
+                try:
+                    head, data = self._reader.feed(data)
+                except HeadError as error:
+                    self._refuse(error.status, error.message, None, None)
+                    return
+                if head is None:
+                    return
+                self._cancelTimer()
+                self._deciding = True
+                self._pending = data
+                self._decide(head)
+                if self._deciding:
+                    self._clientPauser.pause("deciding")
+                    return
+                data, self._pending = self._pending, b""
+        finally:
+            self._processing = False
+
+    def _feedBody(self, data: bytes) -> bytes:
+        try:
+            end = self._body.feed(data)
+        except FramingError as error:
+            self._toDocker(data[: error.end])
+            self._malformedBody(error.message)
+            return b""
+        self._toDocker(data if end == len(data) else data[:end])
+        if self._body.done:
+            self._body = None
+        return data[end:]
+
+    # Deciding about a head
+
+    def _decide(self, head: RequestHead) -> None:
+        try:
+            framing = head.framing
+        except HeadError as error:
+            self._refuse(error.status, error.message, head, None)
+            return
+        checking = self._factory.checker.check(head.first(b"authorization"))
+        checking.addCallback(self._authorised, head, framing)
+        checking.addErrback(self._unexpected)
+
+    def _authorised(self, user: str | None, head: RequestHead, framing) -> None:
+        if self._finished:
+            return
+        if user is None:
+            if head.first(b"authorization") is None:
+                message = "authentication required: send HTTP Basic credentials"
+            else:
+                message = "wrong user name or password"
+            self._refuse(401, message, head, None, AUTHENTICATE)
+        elif self._docker is None:
+            self._connectDocker(head, framing, user)
+        else:
+            self._forward(head, framing, user)
+
+    def _connectDocker(self, head: RequestHead, framing: Framing, user: str) -> None:
+        docker = DockerConnection(self)
+        self._connecting = True
+        connecting = self._factory.connectDocker(docker)
+        connecting.addCallbacks(
+            lambda _: self._dockerConnected(docker, head, framing, user),
+            lambda failure: self._dockerUnreachable(failure, head, user),
+        )
+        connecting.addErrback(self._unexpected)
+
+    def _dockerConnected(self, docker, head, framing, user) -> None:
+        self._connecting = False
+        if self._finished:
+            docker.transport.loseConnection()
+            return
+        self._docker = docker
+        self.transport.registerProducer(docker.pauser, True)
+        docker.transport.registerProducer(self._clientPauser, True)
+        self._forward(head, framing, user)
+
+    def _dockerUnreachable(self, failure, head: RequestHead, user: str) -> None:
+        self._connecting = False
+        if self._finished:
+            return
+        message = (
+            f"cannot reach the Docker daemon at {self._factory.dockerDescription}: "
+            f"{failure.getErrorMessage()}"
+        )
+        log.warn("{problem}", problem=message)
+        self._refuse(502, message, head, user)
+
+    def _forward(self, head: RequestHead, framing: Framing, user: str) -> None:
+        self._finishRequest("done")
+        self._requests += 1
+        self._request = RequestRecord.of(head, user, self._clock.seconds())
+        self._toDocker(head.raw)
+        if head.hijacks:
+            self._piping = True
+            self._request.hijacked = True
+        elif framing.chunked:
+            self._body = ChunkedBody()
+        elif framing.length:
+            self._body = LengthBody(framing.length)
+        self._deciding = False
+        self._clientPauser.resume("deciding")
+        if not self._processing:
+            data, self._pending = self._pending, b""
+            if data:
+                self._process(data)
+            if self._clientReadDone and not (self._deciding or self._discarding):
+                self._passClientEOF()
+
+    # dockerd events (UpstreamListener)
+
+    def upstreamDataReceived(self, data: bytes) -> None:
+        if self._request is not None:
+            self._request.bytesOut += len(data)
+        self.transport.write(data)
+
+    def upstreamReadClosed(self) -> None:
+        if self._refusal is not None:
+            self._docker.transport.loseConnection()
+            return
+        self._dockerReadDone = True
+        self.transport.unregisterProducer()
+        self.transport.loseWriteConnection()
+        if self._clientReadDone:
+            self._docker.transport.loseConnection()
+
+    def upstreamClosed(self) -> None:
+        if self._finished:
+            return
+        self.transport.unregisterProducer()
+        if self._refusal is not None:
+            response, self._refusal = self._refusal, None
+            self._answerAndClose(response)
+            return
+        self._finishRequest(
+            "client closed" if self._clientReadDone else "docker closed"
+        )
+        self.transport.loseConnection()
+
+    # Endings
+
+    def _passClientEOF(self) -> None:
+        """
+        The client will send no more: tell dockerd the same way.
+        """
+        docker = self._docker
+        if docker is not None and not docker.closed:
+            if self._reader.started:
+                log.info(
+                    "{peer}: client closed in the middle of a request head",
+                    peer=self._peer,
+                )
+            docker.transport.unregisterProducer()
+            if self._dockerReadDone:
+                docker.transport.loseConnection()
+            else:
+                docker.transport.loseWriteConnection()
+        elif not self._connecting:
+            self.transport.loseConnection()
+
+    def _refuse(self, status, message, head, user, headers=()) -> None:
+        response = error_response(status, message, headers)
+        self._finishRequest("done")
+        record = RequestRecord.of(head, user, self._clock.seconds())
+        record.bytesOut = len(response)
+        self._logRequest(record, f"refused {status}: {message}")
+        self._discarding = True
+        self._deciding = False
+        self._pending = b""
+        self._cancelTimer()
+        docker = self._docker
+        if docker is None or docker.closed:
+            self._answerAndClose(response)
+        else:
+            # An earlier response may still be on its way: let dockerd finish
+            # it, then answer.
+            self._refusal = response
+            docker.transport.unregisterProducer()
+            docker.transport.loseWriteConnection()
+
+    def _malformedBody(self, message: str) -> None:
+        log.info(
+            "{peer}: malformed request body ({problem}); leaving the answer "
+            "to dockerd",
+            peer=self._peer,
+            problem=message,
+        )
+        self._discarding = True
+        self._docker.transport.unregisterProducer()
+        self._docker.transport.loseWriteConnection()
+
+    def _answerAndClose(self, response: bytes) -> None:
+        """
+        Send C{response}, then close without losing it: half-close and drain
+        what the client still sends for a moment, so unread input does not
+        make the kernel reset the connection before the answer is read.
+        """
+        self._discarding = True
+        self._lingering = True
+        self.transport.write(response)
+        self.transport.loseWriteConnection()
+        self._clientPauser.clear()
+        if self._clientReadDone:
+            self.transport.loseConnection()
+        else:
+            self._timer = self._clock.callLater(
+                self._factory.lingerTimeout, self.transport.loseConnection
+            )
+
+    def _unexpected(self, failure) -> None:
+        log.failure("unexpected error in the gate for {peer}", failure, peer=self._peer)
+        self.transport.abortConnection()
+
+    # Time bounds
+
+    def _startTimer(self, seconds: float) -> None:
+        self._cancelTimer()
+        self._timer = self._clock.callLater(seconds, self._headTimedOut)
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _headTimedOut(self) -> None:
+        self._timer = None
+        if self._reader.started:
+            self._refuse(408, "request head not received in time", None, None)
+        else:
+            log.info(
+                "{peer}: no request within {seconds} s; closing",
+                peer=self._peer,
+                seconds=self._factory.firstHeadTimeout,
+            )
+            self._discarding = True
+            self.transport.loseConnection()
+
+    # Bookkeeping
+
+    def _toDocker(self, data: bytes) -> None:
+        if self._request is not None:
+            self._request.bytesIn += len(data)
+        self._docker.transport.write(data)
+
+    def _finishRequest(self, outcome: str) -> None:
+        record, self._request = self._request, None
+        if record is not None:
+            if record.hijacked and outcome == "done":
+                outcome = "stream ended"
+            self._logRequest(record, outcome)
+
+    def _logRequest(self, record: RequestRecord, outcome: str) -> None:
+        log.info(
+            "{peer} {user} {method} {path}: {outcome}; {bytesIn} bytes in, "
+            "{bytesOut} bytes out, {duration:.3f} s",
+            peer=self._peer,
+            user=record.user or "-",
+            method=record.method,
+            path=record.path,
+            outcome=outcome,
+            bytesIn=record.bytesIn,
+            bytesOut=record.bytesOut,
+            duration=self._clock.seconds() - record.started,
+            hijacked=record.hijacked,
+        )

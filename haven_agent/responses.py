@@ -1,0 +1,30 @@
+# -*- test-case-name: tests.test_gate -*-
+"""
+The few answers the agent gives itself, shaped like dockerd's own errors.
+
+Clients such as the docker CLI and docker-py print the `message` field of a
+JSON error body, so a refusal by the agent reads like any other Docker error.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+
+def error_response(
+    status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    """
+    A complete HTTP/1.1 response carrying C{{"message": message}}; the agent
+    closes the connection after it, and says so.
+    """
+    body = json.dumps({"message": message}).encode("utf-8") + b"\n"
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,0 +1,442 @@
+"""
+Tests for L{haven_agent.gate}: the per-request gate and the splice wiring,
+driven over C{StringTransport}s and a C{Clock}.
+"""
+
+from base64 import b64encode
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.test.proto_helpers import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from haven_agent.auth import BasicAuthChecker
+from haven_agent.gate import GateFactory
+
+AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
+BAD_AUTH = b"Authorization: Basic " + b64encode(b"admin:nope") + b"\r\n"
+
+
+def get(path: bytes = b"/info", auth: bytes = AUTH, extra: bytes = b"") -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: docker\r\n" + auth + extra + b"\r\n"
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A StringTransport that records half-closes, as TCP and our TLS do them.
+    """
+
+    writeClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+
+class GateHarness:
+    def __init__(self, testCase, runInThread=None, connect="later") -> None:
+        self.clock = Clock()
+        self.connects: list[tuple[object, Deferred]] = []
+        self.connectMode = connect
+        checker = BasicAuthChecker(
+            "admin", "pw", runInThread or (lambda f, *a: succeed(f(*a)))
+        )
+        self.factory = GateFactory(
+            checker=checker,
+            connectDocker=self._connect,
+            dockerDescription="unix:/run/docker.sock",
+            clock=self.clock,
+        )
+        self.protocol = self.factory.buildProtocol(None)
+        self.client = HalfCloseTransport()
+        self.protocol.makeConnection(self.client)
+        self.docker = None
+        self.dockerTransport = None
+
+    def _connect(self, protocol):
+        if self.connectMode == "refuse":
+            return fail(ConnectionRefusedError("Connection refused"))
+        d = Deferred()
+        self.connects.append((protocol, d))
+        return d
+
+    def acceptDocker(self):
+        protocol, d = self.connects.pop(0)
+        self.docker = protocol
+        self.dockerTransport = HalfCloseTransport()
+        protocol.makeConnection(self.dockerTransport)
+        d.callback(protocol)
+        return self.dockerTransport
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def dockerCloses(self) -> None:
+        self.dockerTransport.loseConnection()
+        self.docker.connectionLost(None)
+
+
+class ForwardingTests(SynchronousTestCase):
+    def test_authorisedRequestForwardedUntouched(self) -> None:
+        h = GateHarness(self)
+        request = get(extra=b"X-Registry-Auth: e30=\r\nX-Odd:  spaced \r\n")
+        h.send(request)
+        self.assertEqual(len(h.connects), 1)
+        self.assertEqual(h.client.producerState, "paused", "paused while connecting")
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), request)
+        self.assertEqual(h.client.producerState, "producing")
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(
+            h.client.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        )
+
+    def test_pipelinedRequestsOneConnection(self) -> None:
+        h = GateHarness(self)
+        body = b'{"Image":"x"}'
+        second = (
+            b"POST /v1.41/containers/create HTTP/1.1\r\n"
+            + AUTH
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        stream = get(b"/_ping") + second + get(b"/version")
+        h.send(stream[:10])
+        h.send(stream[10:])
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), stream)
+        self.assertEqual(len(h.connects), 0, "one dockerd connection")
+
+    def test_chunkedBodyThenNextRequestGated(self) -> None:
+        h = GateHarness(self)
+        upload = (
+            b"POST /build HTTP/1.1\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"4\r\nGET \r\n0\r\n\r\n"
+        )
+        h.send(upload)
+        docker = h.acceptDocker()
+        h.send(get(auth=BAD_AUTH))
+        self.assertEqual(docker.value(), upload, "the unauthorised request is held")
+        self.assertTrue(h.dockerTransport.writeClosed)
+        self.assertEqual(h.client.value(), b"", "no answer before dockerd is done")
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nbuilt")
+        h.dockerCloses()
+        answer = h.client.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n\r\nbuilt"))
+        self.assertIn(b"HTTP/1.1 401 Unauthorized\r\n", answer)
+        self.assertTrue(h.client.writeClosed)
+
+    def test_contentLengthBodyMayLookLikeARequest(self) -> None:
+        h = GateHarness(self)
+        body = get(b"/smuggled", auth=b"")
+        request = (
+            b"PUT /archive HTTP/1.1\r\n"
+            + AUTH
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        h.send(request + body + get(b"/after"))
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), request + body + get(b"/after"))
+
+    def test_largeBodyStreamsThrough(self) -> None:
+        h = GateHarness(self)
+        size = 20 * 1024 * 1024
+        h.send(
+            b"POST /images/load HTTP/1.1\r\n"
+            + AUTH
+            + b"Content-Length: %d\r\n\r\n" % size
+        )
+        docker = h.acceptDocker()
+        docker.clear()
+        piece = b"\1" * 65536
+        for _ in range(size // len(piece)):
+            h.send(piece)
+            self.assertEqual(len(docker.value()), len(piece))
+            docker.clear()
+        h.send(get(b"/x", auth=b""))
+        self.assertEqual(docker.value(), b"", "the next head is gated again")
+
+
+class HijackTests(SynchronousTestCase):
+    def test_attachBecomesRawPipe(self) -> None:
+        h = GateHarness(self)
+        head = (
+            b"POST /v1.41/containers/c/attach?stdin=1&stream=1 HTTP/1.1\r\n"
+            + AUTH
+            + b"\r\n"
+        )
+        h.send(head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        docker = h.acceptDocker()
+        self.assertEqual(
+            docker.value(), head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+        )
+        h.send(b"\x00\x01 not http")
+        self.assertTrue(docker.value().endswith(b"\x00\x01 not http"))
+
+    def test_upgradeBecomesRawPipe(self) -> None:
+        h = GateHarness(self)
+        head = (
+            b"POST /v1.41/exec/e/start HTTP/1.1\r\n"
+            + AUTH
+            + b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        h.send(head)
+        docker = h.acceptDocker()
+        h.send(b"GET nothing")
+        self.assertEqual(docker.value(), head + b"GET nothing")
+
+    def test_clientHalfCloseReachesDocker(self) -> None:
+        h = GateHarness(self)
+        h.send(
+            b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\ndata\n"
+        )
+        h.acceptDocker()
+        h.protocol.readConnectionLost()
+        self.assertTrue(h.dockerTransport.writeClosed)
+        self.assertIsNone(h.dockerTransport.producer, "no producer left to stall it")
+        h.docker.dataReceived(b"data\ndone\n")
+        self.assertTrue(h.client.value().endswith(b"data\ndone\n"))
+        self.assertFalse(h.client.disconnecting)
+        h.dockerCloses()
+        self.assertTrue(h.client.disconnecting)
+
+    def test_dockerHalfCloseReachesClient(self) -> None:
+        h = GateHarness(self)
+        h.send(
+            b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
+        )
+        h.acceptDocker()
+        h.docker.readConnectionLost()
+        self.assertTrue(h.client.writeClosed)
+        self.assertFalse(h.client.disconnecting)
+        h.send(b"more stdin")
+        self.assertTrue(h.dockerTransport.value().endswith(b"more stdin"))
+        h.protocol.readConnectionLost()
+        self.assertTrue(h.dockerTransport.disconnecting)
+
+
+class RefusalTests(SynchronousTestCase):
+    def assertRefused(self, h: GateHarness, status: bytes) -> bytes:
+        answer = h.client.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 " + status), answer)
+        self.assertIn(b"Content-Type: application/json\r\n", answer)
+        self.assertIn(b"Connection: close\r\n", answer)
+        self.assertTrue(answer.endswith(b"}\n"))
+        self.assertTrue(h.client.writeClosed)
+        self.assertEqual(h.connects, [], "nothing reached dockerd")
+        return answer
+
+    def test_missingCredentials(self) -> None:
+        h = GateHarness(self)
+        h.send(get(auth=b""))
+        answer = self.assertRefused(h, b"401 ")
+        self.assertIn(b'WWW-Authenticate: Basic realm="haven-agent"\r\n', answer)
+        self.assertIn(b'{"message": "authentication required', answer)
+
+    def test_wrongCredentials(self) -> None:
+        h = GateHarness(self)
+        h.send(get(auth=BAD_AUTH))
+        answer = self.assertRefused(h, b"401 ")
+        self.assertIn(b"wrong user name or password", answer)
+
+    def test_lingeringCloseDrainsThenCloses(self) -> None:
+        h = GateHarness(self)
+        h.send(b"POST /images/load HTTP/1.1\r\nContent-Length: 99999\r\n\r\n")
+        self.assertRefused(h, b"401 ")
+        self.assertFalse(h.client.disconnecting)
+        h.send(b"x" * 5000)
+        self.assertFalse(h.client.disconnecting)
+        h.clock.advance(h.factory.lingerTimeout)
+        self.assertTrue(h.client.disconnecting)
+
+    def test_clientCloseEndsLinger(self) -> None:
+        h = GateHarness(self)
+        h.send(get(auth=b""))
+        h.protocol.readConnectionLost()
+        self.assertTrue(h.client.disconnecting)
+
+    def test_headTooLarge(self) -> None:
+        h = GateHarness(self)
+        h.send(b"GET / HTTP/1.1\r\n" + AUTH + b"X: " + b"a" * 70000)
+        self.assertRefused(h, b"431 ")
+
+    def test_malformed(self) -> None:
+        h = GateHarness(self)
+        h.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
+        self.assertRefused(h, b"400 ")
+
+    def test_http2Preface(self) -> None:
+        h = GateHarness(self)
+        h.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertRefused(h, b"400 ")
+
+    def test_badFramingBeforeAuth(self) -> None:
+        h = GateHarness(self)
+        h.send(
+            b"POST / HTTP/1.1\r\n"
+            + AUTH
+            + b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.assertRefused(h, b"400 ")
+
+    def test_dockerUnreachable(self) -> None:
+        h = GateHarness(self, connect="refuse")
+        with capturedLogs() as events:
+            h.send(get())
+        answer = h.client.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+        self.assertIn(b"unix:/run/docker.sock", answer)
+        self.assertIn(b"Connection refused", answer)
+        self.assertTrue(h.client.writeClosed)
+        self.assertTrue(
+            any("unix:/run/docker.sock" in formatEvent(e) for e in events), events
+        )
+
+    def test_malformedChunkLeftToDocker(self) -> None:
+        h = GateHarness(self)
+        head = (
+            b"POST /build HTTP/1.1\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        h.send(head)
+        docker = h.acceptDocker()
+        h.send(b"zz\r\nGET /smuggled HTTP/1.1\r\n\r\n")
+        self.assertEqual(docker.value(), head + b"zz\r\n")
+        self.assertTrue(h.dockerTransport.writeClosed)
+        h.send(b"more")
+        self.assertEqual(docker.value(), head + b"zz\r\n")
+        h.docker.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        h.dockerCloses()
+        self.assertEqual(h.client.value(), b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.assertTrue(h.client.disconnecting)
+
+
+class TimeTests(SynchronousTestCase):
+    def test_silentConnectionClosed(self) -> None:
+        h = GateHarness(self)
+        h.clock.advance(29)
+        self.assertFalse(h.client.disconnecting)
+        h.clock.advance(1)
+        self.assertTrue(h.client.disconnecting)
+        self.assertEqual(h.client.value(), b"")
+
+    def test_slowHeadGets408(self) -> None:
+        h = GateHarness(self)
+        h.send(b"GET / HTTP/1.1\r\n")
+        h.clock.advance(30)
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 408 "))
+
+    def test_streamsNeverTimeOut(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/events"))
+        h.acceptDocker()
+        h.clock.advance(30)
+        h.clock.advance(7 * 24 * 3600)
+        self.assertFalse(h.client.disconnecting)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_laterHeadBoundedOnceStarted(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/_ping"))
+        h.acceptDocker()
+        h.clock.advance(3600)
+        h.send(b"GET /in")
+        h.clock.advance(30)
+        self.assertTrue(h.dockerTransport.writeClosed, "refusal waits for dockerd")
+        h.dockerCloses()
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 408 "))
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_producersRegisteredBothWays(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/events"))
+        h.acceptDocker()
+        self.assertTrue(h.client.streaming)
+        self.assertTrue(h.dockerTransport.streaming)
+        # The client cannot keep up: dockerd reads stop.
+        h.client.producer.pauseProducing()
+        self.assertEqual(h.dockerTransport.producerState, "paused")
+        h.client.producer.resumeProducing()
+        self.assertEqual(h.dockerTransport.producerState, "producing")
+        # dockerd cannot keep up: client reads stop.
+        h.dockerTransport.producer.pauseProducing()
+        self.assertEqual(h.client.producerState, "paused")
+        h.dockerTransport.producer.resumeProducing()
+        self.assertEqual(h.client.producerState, "producing")
+
+    def test_pauseReasonsCombine(self) -> None:
+        h = GateHarness(self)
+        h.send(get())
+        h.acceptDocker()
+        h.dockerTransport.producer.pauseProducing()
+        h.send(get(b"/b"))
+        # A decision finishing must not resume a client that dockerd paused.
+        self.assertEqual(h.client.producerState, "paused")
+        h.dockerTransport.producer.resumeProducing()
+        self.assertEqual(h.client.producerState, "producing")
+
+    def test_stopProducingDoesNotCloseTheOtherSide(self) -> None:
+        h = GateHarness(self)
+        h.send(get())
+        h.acceptDocker()
+        h.dockerTransport.producer.stopProducing()
+        h.client.producer.stopProducing()
+        self.assertFalse(h.client.disconnecting)
+        self.assertFalse(h.dockerTransport.disconnecting)
+
+
+class SlowCheckTests(SynchronousTestCase):
+    def test_dataDuringDecisionIsKept(self) -> None:
+        pending = []
+
+        def later(f, *args):
+            d = Deferred()
+            pending.append((d, f, args))
+            return d
+
+        import bcrypt
+
+        h = GateHarness(self)
+        h.factory.checker = BasicAuthChecker(
+            "admin", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode(), later
+        )
+        h.send(get(b"/a"))
+        self.assertEqual(h.client.producerState, "paused")
+        h.send(get(b"/b"))
+        d, f, args = pending.pop()
+        d.callback(f(*args))
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), get(b"/a") + get(b"/b"))
+        self.assertEqual(h.client.producerState, "producing")
+
+
+class LogTests(SynchronousTestCase):
+    def test_oneEventPerRequestWithoutSecrets(self) -> None:
+        h = GateHarness(self)
+        with capturedLogs() as events:
+            h.send(get(b"/_ping"))
+            h.acceptDocker()
+            h.docker.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nOK")
+            h.clock.advance(2)
+            h.send(get(b"/version"))
+            h.send(get(b"/nope", auth=BAD_AUTH))
+            h.dockerCloses()
+        requests = [e for e in events if "method" in e]
+        self.assertEqual(
+            [(e["method"], e["path"], e["outcome"][:10]) for e in requests],
+            [
+                ("GET", "/_ping", "done"),
+                ("GET", "/version", "done"),
+                ("GET", "/nope", "refused 40"),
+            ],
+        )
+        first = requests[0]
+        self.assertEqual(first["user"], "admin")
+        self.assertEqual(first["bytesIn"], len(get(b"/_ping")))
+        self.assertEqual(first["bytesOut"], len(b"HTTP/1.1 200 OK\r\n\r\nOK"))
+        self.assertEqual(first["duration"], 2)
+        self.assertEqual(requests[2]["user"], "-")
+        for event in events:
+            for value in event.values():
+                self.assertNotIn("pw", str(value).replace("pwd", ""))
