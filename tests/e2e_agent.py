@@ -1,0 +1,427 @@
+"""Start and stop the real agent (`twistd haven-agent`) for end-to-end tests.
+
+`AgentProcess` runs the agent the way users do, as a separate twistd process
+found through the dropin in `twisted/plugins/` of this checkout, serving TLS
+on a free port of 127.0.0.1 with a throwaway test CA, and proxying to a
+dockerd socket.  It also builds the client configurations the tests use:
+the docker CLI (config dir with the Authorization header, TLS flags and a
+cert dir holding only the CA), docker-py, and curl.
+
+The clients are all configured so that this machine's CA-bundle environment
+variables (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, SSL_CERT_FILE) cannot replace
+the test CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.realdockerd import clean_docker_env
+
+__all__ = ["AgentProcess", "AgentStartError", "CHECKOUT_ROOT", "make_test_pki"]
+
+#: The directory holding `haven_agent/` and `twisted/plugins/`.
+CHECKOUT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+_TWISTD_BOOTSTRAP = (
+    "import sys; from twisted.scripts.twistd import run; " "sys.argv[0]='twistd'; run()"
+)
+
+
+class AgentStartError(Exception):
+    """The agent process did not come up; the message has its log."""
+
+
+def twistd_argv(*args: str) -> list[str]:
+    """argv running twistd with this interpreter."""
+    return [sys.executable, "-c", _TWISTD_BOOTSTRAP, *args]
+
+
+def agent_env() -> dict[str, str]:
+    """Environment for a twistd that finds this checkout's dropin."""
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = CHECKOUT_ROOT + (os.pathsep + old if old else "")
+    return env
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def make_test_pki(directory: str) -> tuple[str, str, str]:
+    """Write a throwaway CA and a server certificate for 127.0.0.1/localhost.
+
+    EC P-256 keys.  Returns (ca_path, cert_path, key_path).
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    not_before = now - datetime.timedelta(days=1)
+    not_after = now + datetime.timedelta(days=30)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haven-agent tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "haven-agent test CA"),
+        ]
+    )
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    ca_path = os.path.join(directory, "ca.pem")
+    cert_path = os.path.join(directory, "server-cert.pem")
+    key_path = os.path.join(directory, "server-key.pem")
+    with open(ca_path, "wb") as f:
+        f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return ca_path, cert_path, key_path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def basic_auth(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+@contextlib.contextmanager
+def _without_env(names):
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+class AgentProcess:
+    """A running `twistd -n haven-agent` in front of a dockerd socket."""
+
+    user = "admin"
+
+    def __init__(
+        self,
+        docker_socket: str,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.docker_socket = docker_socket
+        self.password = password or secrets.token_urlsafe(18)
+        self.extra_args = tuple(extra_args)
+        self.tmpdir = tempfile.mkdtemp(prefix="hva-", dir="/tmp")
+        self.state_dir = os.path.join(self.tmpdir, "state")
+        os.mkdir(self.state_dir)
+        pki = os.path.join(self.tmpdir, "pki")
+        os.mkdir(pki)
+        self.ca_path, self.cert_path, self.key_path = make_test_pki(pki)
+        # The docker CLI loads a client certificate from DOCKER_CERT_PATH (or
+        # else ~/.docker or $DOCKER_CONFIG, never from --config) when cert.pem
+        # and key.pem exist there, and fails on a broken pair.  Point it at a
+        # directory holding only the CA.
+        self.cli_cert_dir = os.path.join(self.tmpdir, "cli-certs")
+        os.mkdir(self.cli_cert_dir)
+        shutil.copy(self.ca_path, os.path.join(self.cli_cert_dir, "ca.pem"))
+        self.log_path = os.path.join(self.tmpdir, "agent.log")
+        self.stdio_path = os.path.join(self.tmpdir, "agent-stdio.log")
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+        self._cli_configs: dict[str, str] = {}
+        #: seconds from spawn to the first successful TLS handshake
+        self.start_seconds: float | None = None
+
+    # -- addresses --------------------------------------------------------
+
+    @property
+    def host_url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    # -- lifecycle --------------------------------------------------------
+
+    def argv(self) -> list[str]:
+        return twistd_argv(
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            self.log_path,
+            "haven-agent",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--docker",
+            f"unix:{self.docker_socket}",
+            "--user",
+            self.user,
+            "--password",
+            self.password,
+            "--state-dir",
+            self.state_dir,
+            "--tls-cert",
+            self.cert_path,
+            "--tls-key",
+            self.key_path,
+            *self.extra_args,
+        )
+
+    def start(self) -> AgentProcess:
+        self.port = free_port()
+        started = time.monotonic()
+        with open(self.stdio_path, "wb") as stdio:
+            self.process = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT,
+                env=agent_env(),
+                cwd=self.tmpdir,
+            )
+        deadline = started + START_TIMEOUT
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            rc = self.process.poll()
+            if rc is not None:
+                raise AgentStartError(
+                    f"agent exited with status {rc} before accepting TLS "
+                    f"connections\n{self.logs()}"
+                )
+            try:
+                self.tls_handshake(timeout=2.0)
+            except (OSError, ssl.SSLError) as e:
+                last_error = e
+                time.sleep(0.1)
+                continue
+            self.start_seconds = time.monotonic() - started
+            return self
+        self.stop()
+        raise AgentStartError(
+            f"agent did not accept a TLS connection on 127.0.0.1:{self.port} "
+            f"within {START_TIMEOUT:.0f} s (last error: {last_error!r})\n{self.logs()}"
+        )
+
+    def tls_handshake(self, timeout: float = 5.0) -> None:
+        """Connect and complete a TLS handshake that verifies the test CA."""
+        ctx = ssl.create_default_context(cafile=self.ca_path)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            with ctx.wrap_socket(s, server_hostname="127.0.0.1"):
+                pass
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def cleanup(self) -> None:
+        """stop() and remove the temporary directory."""
+        self.stop()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_size(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def read_log(self, offset: int = 0) -> str:
+        """The agent's twistd log from byte `offset` on."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def logs(self) -> str:
+        parts = []
+        for title, path in (
+            ("agent log", self.log_path),
+            ("agent stdout/stderr", self.stdio_path),
+        ):
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = "(missing)"
+            if len(text) > 20000:
+                text = "...\n" + text[-20000:]
+            parts.append(f"----- {title} ({path}) -----\n{text}")
+        return "\n".join(parts)
+
+    # -- clients ------------------------------------------------------------
+
+    def authorization(self, password: str | None = None) -> str:
+        return basic_auth(self.user, self.password if password is None else password)
+
+    def _cli_config_dir(self, password: str) -> str:
+        if password not in self._cli_configs:
+            path = tempfile.mkdtemp(prefix="cli-", dir=self.tmpdir)
+            with open(os.path.join(path, "config.json"), "w") as f:
+                json.dump(
+                    {"HttpHeaders": {"Authorization": self.authorization(password)}}, f
+                )
+            self._cli_configs[password] = path
+        return self._cli_configs[password]
+
+    def docker_cli_env_and_args(
+        self, password: str | None = None
+    ) -> tuple[dict[str, str], list[str]]:
+        """(env, args) for `docker *args ...` to talk through the agent.
+
+        args = ["--config", DIR, "-H", "tcp://127.0.0.1:PORT", "--tlsverify",
+        "--tlscacert", CA]; DIR/config.json carries the Authorization header
+        (the CLI drops credentials written into DOCKER_HOST); env has no
+        DOCKER_*/CA-bundle overrides and DOCKER_CERT_PATH names a directory
+        with only ca.pem, so no client certificate is picked up.
+        """
+        password = self.password if password is None else password
+        env = clean_docker_env()
+        env["DOCKER_CERT_PATH"] = self.cli_cert_dir
+        args = [
+            "--config",
+            self._cli_config_dir(password),
+            "-H",
+            self.host_url,
+            "--tlsverify",
+            "--tlscacert",
+            os.path.join(self.cli_cert_dir, "ca.pem"),
+        ]
+        return env, args
+
+    def curl_env(self) -> dict[str, str]:
+        return clean_docker_env()
+
+    def curl_args(self, password: str | None = None, auth: bool = True) -> list[str]:
+        """`curl` argv prefix (add the URL and options) using the test CA."""
+        args = ["curl", "-sS", "--max-time", "60", "--cacert", self.ca_path]
+        if auth:
+            password = self.password if password is None else password
+            args += ["-u", f"{self.user}:{password}"]
+        return args
+
+    def docker_client(self, api_version: str, password: str | None = None):
+        """A docker-py DockerClient talking through the agent.
+
+        `api_version` is passed explicitly: automatic detection would send a
+        request before the Authorization header can be set.
+        """
+        import docker
+        import docker.tls
+
+        with _without_env(
+            (
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+                "SSL_CERT_FILE",
+                "DOCKER_HOST",
+                "DOCKER_TLS_VERIFY",
+                "DOCKER_CERT_PATH",
+            )
+        ):
+            client = docker.DockerClient(
+                base_url=self.https_url,
+                version=api_version,
+                tls=docker.tls.TLSConfig(ca_cert=self.ca_path, verify=True),
+                timeout=120,
+            )
+        # requests prefers REQUESTS_CA_BUNDLE & co. over session.verify
+        # unless the session ignores the environment.
+        client.api.trust_env = False
+        client.api.headers["Authorization"] = self.authorization(password)
+        return client
