@@ -1,0 +1,203 @@
+"""
+Tests for L{haven_agent.tap}: options from the command line and the
+environment, Haven's setting names, and the service they build.
+"""
+
+import os
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from haven_agent.tap import Options, makeService
+
+
+def parse(args=(), environ=None) -> Options:
+    options = Options(environ=environ or {})
+    options.parseOptions(list(args))
+    return options
+
+
+class DefaultsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        config = parse().config
+        self.assertEqual(config.listen, ("tcp:8771",))
+        self.assertEqual(config.docker, "unix:/var/run/docker.sock")
+        self.assertEqual(config.user, "admin")
+        self.assertEqual(config.password, "password")
+        self.assertTrue(config.passwordIsDefault)
+        self.assertEqual(config.stateDir, "/var/lib/haven-agent")
+        self.assertEqual((config.tlsCert, config.tlsKey), (None, None))
+        self.assertEqual(config.firstHeadTimeout, 30.0)
+
+    def test_passwordNotInRepr(self) -> None:
+        self.assertNotIn("s3cret", repr(parse(["--password", "s3cret"]).config))
+
+
+class HavenNamesTests(SynchronousTestCase):
+    def test_havenStartStringSettings(self) -> None:
+        config = parse(
+            environ={
+                "dm_auth_adminPassword": "$2a$12$" + "x" * 53,
+                "server_port": "9771",
+                "dm_agent_server_names": "node1.example.com, 10.0.0.5 extra",
+            }
+        ).config
+        self.assertEqual(config.password, "$2a$12$" + "x" * 53)
+        self.assertFalse(config.passwordIsDefault)
+        self.assertEqual(config.listen, ("tcp:9771",))
+        self.assertEqual(config.serverNames, ("node1.example.com", "10.0.0.5", "extra"))
+
+    def test_badServerPort(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(environ={"server_port": "http"})
+        self.assertIn("server_port", str(caught.exception))
+
+
+class PrecedenceTests(SynchronousTestCase):
+    def test_commandLineWins(self) -> None:
+        config = parse(
+            ["--password", "cli", "--docker", "/srv/d.sock", "--user", "ops"],
+            environ={
+                "HAVEN_AGENT_PASSWORD": "env",
+                "dm_auth_adminPassword": "haven",
+                "HAVEN_AGENT_DOCKER": "unix:/env.sock",
+                "HAVEN_AGENT_USER": "envuser",
+            },
+        ).config
+        self.assertEqual(config.password, "cli")
+        self.assertEqual(config.docker, "unix:/srv/d.sock")
+        self.assertEqual(config.user, "ops")
+
+    def test_ownNameBeforeHavenName(self) -> None:
+        config = parse(
+            environ={"HAVEN_AGENT_PASSWORD": "own", "dm_auth_adminPassword": "haven"}
+        ).config
+        self.assertEqual(config.password, "own")
+
+    def test_listenRepeatableAndWinsOverPort(self) -> None:
+        config = parse(
+            ["--listen", "tcp:1:interface=127.0.0.1", "--listen", "2"],
+            environ={"server_port": "9", "HAVEN_AGENT_LISTEN": "tcp:3"},
+        ).config
+        self.assertEqual(config.listen, ("tcp:1:interface=127.0.0.1", "tcp:2"))
+
+    def test_listenFromEnvironment(self) -> None:
+        config = parse(environ={"HAVEN_AGENT_LISTEN": "tcp:3 tcp:4"}).config
+        self.assertEqual(config.listen, ("tcp:3", "tcp:4"))
+
+    def test_tlsIsAlwaysAdded(self) -> None:
+        with self.assertRaises(usage.UsageError):
+            parse(["--listen", "ssl:8771"])
+
+
+class ValueTests(SynchronousTestCase):
+    def test_bareDockerPathEscaped(self) -> None:
+        self.assertEqual(
+            parse(["--docker", "/run/a:b.sock"]).config.docker, "unix:/run/a\\:b.sock"
+        )
+
+    def test_passwordFile(self) -> None:
+        path = FilePath(self.mktemp())
+        path.setContent(b"from-file\n")
+        config = parse(["--password-file", path.path]).config
+        self.assertEqual(config.password, "from-file")
+        self.assertFalse(config.passwordIsDefault)
+
+    def test_passwordFileProblems(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(["--password-file", "/nonexistent/pw"])
+        self.assertIn("/nonexistent/pw", str(caught.exception))
+        empty = FilePath(self.mktemp())
+        empty.setContent(b"\n")
+        with self.assertRaises(usage.UsageError):
+            parse(["--password-file", empty.path])
+        with self.assertRaises(usage.UsageError):
+            parse(["--password-file", empty.path, "--password", "x"])
+
+    def test_certAndKeyTogether(self) -> None:
+        with self.assertRaises(usage.UsageError):
+            parse(["--tls-cert", "/c.pem"])
+        with self.assertRaises(usage.UsageError):
+            parse(environ={"HAVEN_AGENT_TLS_KEY": "/k.pem"})
+
+    def test_headTimeout(self) -> None:
+        self.assertEqual(parse(["--head-timeout", "2.5"]).config.firstHeadTimeout, 2.5)
+        for bad in ["0", "-1", "soon"]:
+            with self.assertRaises(usage.UsageError):
+                parse(["--head-timeout", bad])
+
+    def test_helpNamesEveryOption(self) -> None:
+        help = str(Options(environ={}))
+        for option in [
+            "--listen",
+            "--docker",
+            "--user",
+            "--password",
+            "--password-file",
+            "--tls-cert",
+            "--tls-key",
+            "--state-dir",
+            "--server-names",
+            "--head-timeout",
+        ]:
+            self.assertIn(option + "=", help)
+        for variable in [
+            "dm_auth_adminPassword",
+            "server_port",
+            "dm_agent_server_names",
+        ]:
+            self.assertIn(variable, help)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_multiServiceWithOneListenerEach(self) -> None:
+        state = self.mktemp()
+        options = parse(
+            [
+                "--state-dir",
+                state,
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
+        service = makeService(options)
+        self.assertIsInstance(service, MultiService)
+        listeners = [
+            s
+            for proxy in service
+            for s in proxy
+            if isinstance(s, StreamServerEndpointService)
+        ]
+        self.assertEqual(len(listeners), 2)
+        self.assertTrue(os.path.exists(os.path.join(state, "tls", "agent-cert.pem")))
+        self.assertEqual(os.stat(state).st_mode & 0o777, 0o700)
+
+
+class StartupLogTests(SynchronousTestCase):
+    def startLogs(self, args) -> str:
+        from twisted.logger import capturedLogs, formatEvent
+
+        from haven_agent.proxy_service import ProxyService, load_certificate
+
+        config = parse(["--state-dir", self.mktemp(), *args]).config
+        certificate = load_certificate(config)
+        with capturedLogs() as events:
+            ProxyService(config, certificate).startService()
+        text = "\n".join(formatEvent(event) for event in events)
+        self.assertIn(certificate.fingerprint, text)
+        self.assertIn("SHA-256", text)
+        return text
+
+    def test_defaultPasswordWarned(self) -> None:
+        text = self.startLogs([])
+        self.assertIn("No password configured", text)
+
+    def test_noWarningWithPassword(self) -> None:
+        text = self.startLogs(["--password", "hunter2"])
+        self.assertNotIn("No password configured", text)
+        self.assertNotIn("hunter2", text)
