@@ -184,7 +184,9 @@ class HeadReader:
 
     def __init__(self, limit: int = MAX_HEAD_BYTES) -> None:
         self._limit = limit
-        self._buffer = b""
+        # A bytearray grows in place: a head trickling in a byte at a time
+        # must not cost a copy of everything so far per byte.
+        self._buffer = bytearray()
 
     @property
     def started(self) -> bool:
@@ -200,19 +202,15 @@ class HeadReader:
         @raise HeadError: 431 when the head outgrows the limit, 400 when it
             is malformed.
         """
-        if self._buffer:
-            searchFrom = max(0, len(self._buffer) - 3)
-            buffer = self._buffer + data
-        else:
-            searchFrom = 0
-            buffer = data.lstrip(b"\r\n")
+        buffer = self._buffer
+        searchFrom = max(0, len(buffer) - 3)
+        buffer += data if buffer else data.lstrip(b"\r\n")
         end = _HEAD_END.search(buffer, searchFrom)
         if end is None:
             if len(buffer) > self._limit:
                 raise HeadError(431, "request head larger than 64 KiB")
-            self._buffer = buffer
             return None, b""
         if end.end() > self._limit:
             raise HeadError(431, "request head larger than 64 KiB")
-        self._buffer = b""
-        return parse_head(buffer[: end.end()]), buffer[end.end() :]
+        self._buffer = bytearray()
+        return parse_head(bytes(buffer[: end.end()])), bytes(buffer[end.end() :])
