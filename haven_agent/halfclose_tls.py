@@ -43,8 +43,9 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
     @ivar _readClosed: the peer will send no more application data (its
         close_notify or a TCP FIN arrived).
     @ivar _writeClosed: our close_notify has been queued; no more writes.
-    @ivar _writeClosePending: `loseWriteConnection` was asked for while
-        writes were still buffered behind the handshake or a producer.
+    @ivar _writeClosePending: `loseWriteConnection` was asked for, and waits
+        until writes buffered behind the handshake have drained and the
+        producer is unregistered.
     """
 
     _readClosed = False
@@ -126,32 +127,36 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
         """
         if self._writeClosed or self._lostTLSConnection or not self.connected:
             return
+        self._writeClosePending = True
+        self._finishWriteClose()
+
+    def _finishWriteClose(self) -> None:
+        """
+        Send the close_notify asked for, once nothing can be written before it
+        any more: writes buffered behind the handshake have drained and the
+        producer is unregistered.
+        """
+        if not self._writeClosePending or self._lostTLSConnection:
+            return
         self._aggregator.flush()
         if self._appSendBuffer or self._producer is not None:
-            # Finish once the handshake has drained the buffered writes, or
-            # once the producer has been unregistered.
-            self._writeClosePending = True
-            return
-        self._sendCloseNotify()
-
-    def _sendCloseNotify(self) -> None:
-        if self._lostTLSConnection:
-            return
-        self._aggregator.flush()
-        if self._appSendBuffer:
-            self._writeClosePending = True
             return
         self._writeClosePending = False
+        self._queueCloseNotify()
+        if self._readClosed:
+            self.transport.loseConnection()
+        else:
+            self.transport.loseWriteConnection()
+
+    def _queueCloseNotify(self) -> None:
+        if self._writeClosed or self._lostTLSConnection:
+            return
         self._writeClosed = True
         try:
             self._tlsConnection.shutdown()
         except Error:
             pass
         self._flushSendBIO()
-        if self._readClosed:
-            self.transport.loseConnection()
-        else:
-            self.transport.loseWriteConnection()
 
     def _closeIfBothDone(self) -> None:
         if self._readClosed and self._writeClosed:
@@ -159,14 +164,11 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
 
     def _unbufferPendingWrites(self) -> None:
         super()._unbufferPendingWrites()
-        if self._writeClosePending and not self._appSendBuffer:
-            if self._producer is None:
-                self._sendCloseNotify()
+        self._finishWriteClose()
 
     def unregisterProducer(self) -> None:
         super().unregisterProducer()
-        if self._writeClosePending and not self._appSendBuffer:
-            self._sendCloseNotify()
+        self._finishWriteClose()
 
     def _shutdownTLS(self) -> None:
         """
@@ -174,13 +176,7 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
         peer's alert: a half-closed peer has already sent it, and a peer that
         simply closes would otherwise hold the connection open.
         """
-        if not self._writeClosed and not self._lostTLSConnection:
-            self._writeClosed = True
-            try:
-                self._tlsConnection.shutdown()
-            except Error:
-                pass
-            self._flushSendBIO()
+        self._queueCloseNotify()
         self.transport.loseConnection()
 
     def write(self, data: bytes) -> None:  # type: ignore[override]

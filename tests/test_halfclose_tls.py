@@ -13,7 +13,7 @@ import struct
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -187,5 +187,42 @@ class HalfCloseTests(TestCase):
         received, clean, _ = yield deferToThread(tlsClient, port, b"go")
         self.assertEqual(len(received), len(b"go") + len(big) + len(b"done\n"))
         self.assertTrue(received.endswith(b"xdone\n"))
+        self.assertTrue(clean)
+        yield self.factory.lost
+
+    @inlineCallbacks
+    def test_writeCloseWaitsForProducer(self):
+        """
+        With a producer registered, loseWriteConnection waits until it is
+        unregistered: what is still written meanwhile arrives before the
+        close_notify.
+        """
+
+        @implementer(IPushProducer)
+        class IdleProducer:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        @implementer(IHalfCloseableProtocol)
+        class ProducerThenClose(EchoThenDone):
+            def readConnectionLost(self):
+                self.transport.registerProducer(IdleProducer(), True)
+                self.transport.write(b"first ")
+                self.transport.loseWriteConnection()
+                reactor.callLater(0.05, self.finish)
+
+            def finish(self):
+                self.transport.write(b"second")
+                self.transport.unregisterProducer()
+
+        port = self.listen(ProducerThenClose)
+        received, clean, _ = yield deferToThread(tlsClient, port, b"go ")
+        self.assertEqual(received, b"go first second")
         self.assertTrue(clean)
         yield self.factory.lost
