@@ -7,9 +7,15 @@ One client connection maps to one connection to dockerd, opened when the
 first request has been authorised. For each request the gate reads the head
 (bounded), checks its Basic credentials, forwards the head and follows the
 body's framing to find the next head, which is gated again. A request that
-dockerd will hijack (attach, exec start, any Upgrade) turns the connection
-into a raw two-way pipe for the rest of its life. dockerd's replies are never
-parsed; they flow back under flow control only.
+dockerd hijacks (attach, exec start, any Upgrade) turns the connection into a
+raw two-way pipe for the rest of its life. dockerd's replies are not parsed;
+they flow back under flow control only. The one exception is the head of the
+answer to a request that may hijack: attach and exec start are answered
+without a hijack when detached or refused (404, 409), and the requests after
+such an answer must pass the gate like any other. Client bytes after such a
+request wait for that answer head. Were the request pipelined behind others
+whose answers have not begun, the answer head seen next would not be its
+own, so then the hijack is taken as given.
 
 Refusals (401, 400, 431, 502, ...) are JSON bodies like dockerd's own errors,
 followed by a close. A refusal of a later request on a keep-alive connection
@@ -36,7 +42,13 @@ from zope.interface import implementer
 
 from haven_agent.auth import BasicAuthChecker
 from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
-from haven_agent.http_head import Framing, HeadError, HeadReader, RequestHead
+from haven_agent.http_head import (
+    Framing,
+    HeadError,
+    HeadReader,
+    HijackAnswer,
+    RequestHead,
+)
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
 
@@ -108,6 +120,8 @@ class GateProtocol(Protocol):
         self._docker: DockerConnection | None = None
         self._connecting = False
         self._piping = False
+        self._answer: HijackAnswer | None = None
+        self._dockerSpokeSinceForward = False
         self._deciding = False
         self._processing = False
         self._discarding = False
@@ -134,7 +148,7 @@ class GateProtocol(Protocol):
             return
         if self._piping:
             self._toDocker(data)
-        elif self._deciding:
+        elif self._waiting():
             self._pending += data
         else:
             self._process(data)
@@ -143,7 +157,7 @@ class GateProtocol(Protocol):
         self._clientReadDone = True
         if self._lingering:
             self.transport.loseConnection()
-        elif not (self._deciding or self._discarding):
+        elif not (self._waiting() or self._discarding):
             self._passClientEOF()
 
     def writeConnectionLost(self) -> None:
@@ -153,10 +167,14 @@ class GateProtocol(Protocol):
         self._finished = True
         self._cancelTimer()
         self._finishRequest("client closed")
-        docker = self._docker
-        if docker is not None and not docker.closed:
-            docker.transport.unregisterProducer()
-            docker.transport.loseConnection()
+        self._closeDocker()
+
+    def _waiting(self) -> bool:
+        """
+        Are client bytes held back: while a head is decided, and after the
+        body of a request that may hijack until dockerd's answer tells?
+        """
+        return self._deciding or (self._answer is not None and self._body is None)
 
     # Reading heads and bodies
 
@@ -170,6 +188,10 @@ class GateProtocol(Protocol):
                 if self._body is not None:
                     data = self._feedBody(data)
                     continue
+                if self._answer is not None:
+                    self._pending = data
+                    self._clientPauser.pause("awaiting dockerd's answer")
+                    return
                 if not self._reader.started and self._requests:
                     self._startTimer(self._factory.nextHeadTimeout)
                 try:
@@ -261,41 +283,75 @@ class GateProtocol(Protocol):
 
     def _forward(self, head: RequestHead, framing: Framing, user: str) -> None:
         self._finishRequest("done")
+        # Pipelined: earlier requests went to dockerd and nothing has come
+        # back since, so the next answer head is not this request's.
+        pipelined = self._requests > 0 and not self._dockerSpokeSinceForward
+        self._dockerSpokeSinceForward = False
         self._requests += 1
         self._request = RequestRecord.of(head, user, self._clock.seconds())
         self._toDocker(head.raw)
-        if head.hijacks:
-            self._piping = True
-            self._request.hijacked = True
-        elif framing.chunked:
-            self._body = ChunkedBody()
-        elif framing.length:
-            self._body = LengthBody(framing.length)
+        if head.hijacks and pipelined:
+            # Which answer is whose would need dockerd's replies parsed:
+            # take the hijack as given, as for any stream.
+            self._startPiping()
+        else:
+            if head.hijacks:
+                self._answer = HijackAnswer()
+            if framing.chunked:
+                self._body = ChunkedBody()
+            elif framing.length:
+                self._body = LengthBody(framing.length)
         self._deciding = False
         self._clientPauser.resume("deciding")
         if not self._processing:
             data, self._pending = self._pending, b""
             if data:
                 self._process(data)
-            if self._clientReadDone and not (self._deciding or self._discarding):
-                self._passClientEOF()
+            self._passClientEOFIfDue()
 
     # dockerd events (UpstreamListener)
 
     def upstreamDataReceived(self, data: bytes) -> None:
+        self._dockerSpokeSinceForward = True
         if self._request is not None:
             self._request.bytesOut += len(data)
         self.transport.write(data)
+        if self._answer is not None:
+            hijacked = self._answer.feed(data)
+            if hijacked is not None:
+                self._answered(hijacked)
+
+    def _answered(self, hijacked: bool) -> None:
+        """
+        dockerd has answered a request that may hijack: either the connection
+        is a raw pipe from now on, or the next request passes the gate.
+        """
+        self._answer = None
+        if hijacked:
+            self._startPiping()
+        self._clientPauser.resume("awaiting dockerd's answer")
+        data, self._pending = self._pending, b""
+        if data:
+            self._process(data)
+        self._passClientEOFIfDue()
+
+    def _startPiping(self) -> None:
+        self._piping = True
+        self._body = None
+        if self._request is not None:
+            self._request.hijacked = True
 
     def upstreamReadClosed(self) -> None:
-        if self._refusal is not None:
-            self._docker.transport.loseConnection()
-            return
         self._dockerReadDone = True
+        if not self._piping or self._refusal is not None:
+            # Outside a raw stream dockerd's end of output is the end of the
+            # connection: no later request could be answered.
+            self._closeDocker()
+            return
         self.transport.unregisterProducer()
         self.transport.loseWriteConnection()
         if self._clientReadDone:
-            self._docker.transport.loseConnection()
+            self._closeDocker()
 
     def upstreamClosed(self) -> None:
         if self._finished:
@@ -312,6 +368,20 @@ class GateProtocol(Protocol):
 
     # Endings
 
+    def _passClientEOFIfDue(self) -> None:
+        if self._clientReadDone and not (self._waiting() or self._discarding):
+            self._passClientEOF()
+
+    def _closeDocker(self) -> None:
+        """
+        Close the dockerd connection after what was written to it; its
+        producer goes first, since a paused one would hold the close back.
+        """
+        docker = self._docker
+        if docker is not None and not docker.closed:
+            docker.transport.unregisterProducer()
+            docker.transport.loseConnection()
+
     def _passClientEOF(self) -> None:
         """
         The client will send no more: tell dockerd the same way.
@@ -323,10 +393,10 @@ class GateProtocol(Protocol):
                     "{peer}: client closed in the middle of a request head",
                     peer=self._peer,
                 )
-            docker.transport.unregisterProducer()
             if self._dockerReadDone:
-                docker.transport.loseConnection()
+                self._closeDocker()
             else:
+                docker.transport.unregisterProducer()
                 docker.transport.loseWriteConnection()
         elif not self._connecting:
             self.transport.loseConnection()

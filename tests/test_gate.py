@@ -158,40 +158,141 @@ class ForwardingTests(SynchronousTestCase):
         self.assertEqual(docker.value(), b"", "the next head is gated again")
 
 
+UPGRADED = (
+    b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
+    b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+)
+LEGACY = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
+
+
 class HijackTests(SynchronousTestCase):
-    def test_attachBecomesRawPipe(self) -> None:
+    def test_attachBecomesRawPipeOnceDockerHijacks(self) -> None:
         h = GateHarness(self)
         head = (
             b"POST /v1.41/containers/c/attach?stdin=1&stream=1 HTTP/1.1\r\n"
             + AUTH
-            + b"\r\n"
+            + b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
         )
         h.send(head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n")
         docker = h.acceptDocker()
+        self.assertEqual(docker.value(), head, "stdin waits for dockerd's answer")
+        self.assertEqual(h.client.producerState, "paused")
+        h.docker.dataReceived(UPGRADED[:20])
+        self.assertEqual(docker.value(), head)
+        h.docker.dataReceived(UPGRADED[20:] + b"out")
+        self.assertEqual(h.client.value(), UPGRADED + b"out")
         self.assertEqual(
             docker.value(), head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n"
         )
+        self.assertEqual(h.client.producerState, "producing")
         h.send(b"\x00\x01 not http")
         self.assertTrue(docker.value().endswith(b"\x00\x01 not http"))
 
-    def test_upgradeBecomesRawPipe(self) -> None:
+    def test_legacyRawStream(self) -> None:
+        h = GateHarness(self)
+        head = b"POST /containers/c/attach?stdin=1 HTTP/1.1\r\n" + AUTH + b"\r\n"
+        h.send(head)
+        docker = h.acceptDocker()
+        h.docker.dataReceived(LEGACY)
+        h.send(b"GET nothing")
+        self.assertEqual(docker.value(), head + b"GET nothing")
+
+    def test_execStartBodyThenRawPipe(self) -> None:
         h = GateHarness(self)
         head = (
             b"POST /v1.41/exec/e/start HTTP/1.1\r\n"
             + AUTH
             + b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 2\r\n\r\n{}"
         )
+        h.send(head + b"stdin")
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), head, "the body goes, stdin waits")
+        h.docker.dataReceived(UPGRADED)
+        self.assertEqual(docker.value(), head + b"stdin")
+
+    def test_interimAnswerSkipped(self) -> None:
+        h = GateHarness(self)
+        head = (
+            b"POST /exec/e/start HTTP/1.1\r\n"
+            + AUTH
+            + b"Expect: 100-continue\r\nUpgrade: tcp\r\nContent-Length: 2\r\n\r\n"
+        )
         h.send(head)
         docker = h.acceptDocker()
-        h.send(b"GET nothing")
-        self.assertEqual(docker.value(), head + b"GET nothing")
+        h.docker.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+        h.send(b"{}stdin")
+        self.assertEqual(docker.value(), head + b"{}", "still waiting for the answer")
+        h.docker.dataReceived(UPGRADED)
+        self.assertEqual(docker.value(), head + b"{}stdin")
 
-    def test_clientHalfCloseReachesDocker(self) -> None:
+    def test_ordinaryAnswerKeepsGating(self) -> None:
+        """
+        A detached exec start, or a 404 for a missing container, leaves the
+        connection in HTTP: the next request passes the gate again.
+        """
+        for answer in [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 29\r\n\r\n{"message":"No such exec"}\n',
+        ]:
+            h = GateHarness(self)
+            head = (
+                b"POST /v1.41/exec/e/start HTTP/1.1\r\n"
+                + AUTH
+                + b'Content-Length: 15\r\n\r\n{"Detach":true}'
+            )
+            h.send(head + get(b"/containers/json", auth=BAD_AUTH))
+            docker = h.acceptDocker()
+            h.docker.dataReceived(answer)
+            self.assertEqual(docker.value(), head, "the unauthorised request is held")
+            self.assertTrue(h.dockerTransport.writeClosed)
+            h.dockerCloses()
+            self.assertIn(b"HTTP/1.1 401 Unauthorized", h.client.value())
+
+    def test_pipelinedHijackTakenAsGiven(self) -> None:
+        """
+        Behind a request whose answer has not begun, the next answer head is
+        not the attach's own: the attach is taken as a hijack at once.
+        """
+        h = GateHarness(self)
+        attach = (
+            b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
+        )
+        h.send(get(b"/_ping") + attach + b"early")
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), get(b"/_ping") + attach + b"early")
+
+    def test_hijackAfterAnsweredRequestIsWatched(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/_ping"))
+        docker = h.acceptDocker()
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        attach = (
+            b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
+        )
+        h.send(attach + b"early")
+        self.assertEqual(docker.value(), get(b"/_ping") + attach)
+        h.docker.dataReceived(UPGRADED)
+        self.assertEqual(docker.value(), get(b"/_ping") + attach + b"early")
+
+    def test_clientHalfCloseWhileAwaitingAnswer(self) -> None:
         h = GateHarness(self)
         h.send(
             b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\ndata\n"
         )
         h.acceptDocker()
+        h.protocol.readConnectionLost()
+        self.assertFalse(h.dockerTransport.writeClosed, "held until the answer")
+        h.docker.dataReceived(UPGRADED)
+        self.assertTrue(h.dockerTransport.value().endswith(b"data\n"))
+        self.assertTrue(h.dockerTransport.writeClosed)
+
+    def test_clientHalfCloseReachesDocker(self) -> None:
+        h = GateHarness(self)
+        h.send(b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n")
+        h.acceptDocker()
+        h.docker.dataReceived(UPGRADED)
+        h.send(b"data\n")
         h.protocol.readConnectionLost()
         self.assertTrue(h.dockerTransport.writeClosed)
         self.assertIsNone(h.dockerTransport.producer, "no producer left to stall it")
@@ -207,6 +308,7 @@ class HijackTests(SynchronousTestCase):
             b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
         )
         h.acceptDocker()
+        h.docker.dataReceived(UPGRADED)
         h.docker.readConnectionLost()
         self.assertTrue(h.client.writeClosed)
         self.assertFalse(h.client.disconnecting)
@@ -214,6 +316,16 @@ class HijackTests(SynchronousTestCase):
         self.assertTrue(h.dockerTransport.value().endswith(b"more stdin"))
         h.protocol.readConnectionLost()
         self.assertTrue(h.dockerTransport.disconnecting)
+
+    def test_dockerEndOutsideStreamClosesBoth(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/close-after-response"))
+        h.acceptDocker()
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        h.docker.readConnectionLost()
+        self.assertTrue(h.dockerTransport.disconnecting)
+        h.dockerCloses()
+        self.assertTrue(h.client.disconnecting)
 
 
 class RefusalTests(SynchronousTestCase):
