@@ -49,6 +49,18 @@ def docker_endpoint(value: str) -> str:
     return value
 
 
+def listen_port(description: str) -> int:
+    """
+    The port of a server endpoint description such as tcp:8771:interface=x
+    or tcp:port=8771, for the address advertised to the master.
+    """
+    for part in description.split(":")[1:]:
+        value = part.removeprefix("port=")
+        if value.isdigit():
+            return int(value)
+    return DEFAULT_PORT
+
+
 def listen_endpoint(value: str) -> str:
     """
     A server endpoint description; a bare port number means TCP.
@@ -56,3 +68,30 @@ def listen_endpoint(value: str) -> str:
     if value.isdigit():
         return f"tcp:{value}"
     return value
+
+
+DEFAULT_INTERVAL = 60.0
+
+
+@frozen
+class ReporterConfig:
+    """
+    Where and how often the node reports to the Haven master.
+
+    @ivar master: the master's base URL; None logs each report instead.
+    @ivar nodeName: None means Docker's info.Name, else the short host name.
+    @ivar address: None means https://<the IP that routes to the master>:<port>.
+    @ivar hostRoot: where the host's / is mounted ("/" outside a container).
+    @ivar listenPort: the proxy's port, for the advertised address.
+    """
+
+    master: str | None
+    secret: str | None = field(repr=False)
+    interval: float
+    nodeName: str | None
+    address: str | None
+    hostRoot: str
+    masterCA: str | None
+    networkFilesystems: bool
+    listenPort: int
+    docker: str

@@ -12,18 +12,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from OpenSSL import crypto
 from twisted.application.service import MultiService
+from twisted.internet.ssl import Certificate
 from twisted.python import usage
 
 from haven_agent.config import (
     DEFAULT_DOCKER,
+    DEFAULT_INTERVAL,
     DEFAULT_PASSWORD,
     DEFAULT_PORT,
     DEFAULT_STATE_DIR,
     ProxyConfig,
+    ReporterConfig,
     docker_endpoint,
     listen_endpoint,
+    listen_port,
 )
+from haven_agent.node_identity import validate_node_name
 
 # Option name -> environment variables read when the option is not given,
 # in order of preference.
@@ -38,6 +44,13 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "state-dir": ("HAVEN_AGENT_STATE_DIR",),
     "server-names": ("HAVEN_AGENT_SERVER_NAMES", "dm_agent_server_names"),
     "head-timeout": ("HAVEN_AGENT_HEAD_TIMEOUT",),
+    "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
+    "secret": ("HAVEN_AGENT_SECRET", "dm_agent_notifier_secret"),
+    "interval": ("HAVEN_AGENT_INTERVAL",),
+    "node-name": ("HAVEN_AGENT_NODE_NAME",),
+    "address": ("HAVEN_AGENT_ADDRESS", "dm_agent_notifier_address"),
+    "host-root": ("HAVEN_AGENT_HOST_ROOT", "dm_agent_notifier_rootPath"),
+    "master-ca": ("HAVEN_AGENT_MASTER_CA",),
 }
 
 
@@ -130,6 +143,66 @@ class Options(usage.Options):
             "before the first one); streams never time out "
             "[env HAVEN_AGENT_HEAD_TIMEOUT; default 30]",
         ],
+        [
+            "master",
+            None,
+            None,
+            "Haven master base URL to report to, e.g. http://10.0.0.1:8761; "
+            "without it each report is written to the log "
+            "[env HAVEN_AGENT_MASTER or dm_agent_notifier_server]",
+        ],
+        [
+            "secret",
+            None,
+            None,
+            "Node secret sent as X-Auth-Node "
+            "[env HAVEN_AGENT_SECRET or dm_agent_notifier_secret]",
+        ],
+        [
+            "interval",
+            None,
+            None,
+            "Seconds between reports [env HAVEN_AGENT_INTERVAL; default 60]",
+        ],
+        [
+            "node-name",
+            None,
+            None,
+            "Node name reported (letters, digits, '-') [env HAVEN_AGENT_NODE_NAME; "
+            "default Docker's info.Name, else the short host name]",
+        ],
+        [
+            "address",
+            None,
+            None,
+            "Address the master connects back to, https://IP:PORT "
+            "[env HAVEN_AGENT_ADDRESS or dm_agent_notifier_address; default "
+            "https://<local IP towards the master>:<listen port>]",
+        ],
+        [
+            "host-root",
+            None,
+            None,
+            "Where the host's / is mounted when running in a container, e.g. "
+            "/host with -v /:/host:ro; metrics are then the host's "
+            "[env HAVEN_AGENT_HOST_ROOT or dm_agent_notifier_rootPath; default /]",
+        ],
+        [
+            "master-ca",
+            None,
+            None,
+            "PEM CA file to trust for an https:// master "
+            "[env HAVEN_AGENT_MASTER_CA; default the system's trust store]",
+        ],
+    ]
+
+    optFlags = [
+        [
+            "network-filesystems",
+            None,
+            "Also report disk usage of network file systems (NFS, CIFS, ...) "
+            "[env HAVEN_AGENT_NETWORK_FILESYSTEMS=1]",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -204,9 +277,10 @@ class Options(usage.Options):
             ) from None
 
         names = self._fromEnvironment("server-names") or ""
+        docker = docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER)
         self.config = ProxyConfig(
             listen=listen,
-            docker=docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER),
+            docker=docker,
             user=self._fromEnvironment("user") or "admin",
             password=password or DEFAULT_PASSWORD,
             passwordIsDefault=not password,
@@ -217,16 +291,74 @@ class Options(usage.Options):
             firstHeadTimeout=headTimeout,
             nextHeadTimeout=headTimeout,
         )
+        self.reporterConfig = self._reporterConfig(listen[0], docker)
+
+    def _reporterConfig(self, listen: str, docker: str) -> ReporterConfig:
+        master = self._fromEnvironment("master")
+        if master is not None and not master.startswith(("http://", "https://")):
+            raise usage.UsageError(
+                f"--master must be an http:// or https:// URL, not {master!r}"
+            )
+        interval = self._fromEnvironment("interval")
+        try:
+            seconds = _positive(interval) if interval is not None else DEFAULT_INTERVAL
+        except ValueError:
+            raise usage.UsageError(
+                f"--interval must be a positive number of seconds, not {interval!r}"
+            ) from None
+        nodeName = self._fromEnvironment("node-name")
+        if nodeName is not None:
+            try:
+                validate_node_name(nodeName)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        address = self._fromEnvironment("address")
+        if address is not None and not address.startswith(("http://", "https://")):
+            raise usage.UsageError(
+                "--address must be a URL such as https://10.0.0.5:8771, "
+                f"not {address!r}"
+            )
+        hostRoot = self._fromEnvironment("host-root") or "/"
+        if not os.path.isabs(hostRoot):
+            raise usage.UsageError(
+                f"--host-root must be an absolute path, not {hostRoot!r}"
+            )
+        networkFilesystems = bool(self["network-filesystems"]) or self._environ.get(
+            "HAVEN_AGENT_NETWORK_FILESYSTEMS", ""
+        ).lower() in ("1", "true", "yes")
+        masterCA = self._fromEnvironment("master-ca")
+        if masterCA is not None:
+            try:
+                with open(masterCA, "rb") as f:
+                    Certificate.loadPEM(f.read())
+            except (OSError, ValueError, crypto.Error) as e:
+                raise usage.UsageError(
+                    f"--master-ca {masterCA}: not a readable PEM certificate ({e})"
+                ) from None
+        return ReporterConfig(
+            master=master,
+            secret=self._fromEnvironment("secret"),
+            interval=seconds,
+            nodeName=nodeName,
+            address=address,
+            hostRoot=hostRoot,
+            masterCA=masterCA,
+            networkFilesystems=networkFilesystems,
+            listenPort=listen_port(listen),
+            docker=docker,
+        )
 
 
 def makeService(options: Options) -> MultiService:
     """
-    The agent: the TLS listener(s) of the Docker API proxy.
+    The agent: the TLS listener(s) of the Docker API proxy and the reporter.
     """
     from twisted.internet import reactor
 
     from haven_agent.proxy_service import build_proxy_service
+    from haven_agent.reporting import NodeReporting
 
     agent = MultiService()
     build_proxy_service(options.config, reactor).setServiceParent(agent)
+    NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
     return agent

@@ -426,8 +426,7 @@ class RealDockerd:
             kwargs["stdin"] = stdin if stdin is not None else subprocess.DEVNULL
         proc = subprocess.run(
             argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             env=env if env is not None else self.cli_env(),
             timeout=timeout,
             check=False,

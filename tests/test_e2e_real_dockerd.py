@@ -176,8 +176,7 @@ class E2ETestCase(SynchronousTestCase):
         try:
             return subprocess.run(
                 argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                capture_output=True,
                 env=env,
                 timeout=timeout,
                 check=False,

@@ -201,3 +201,94 @@ class StartupLogTests(SynchronousTestCase):
         text = self.startLogs(["--password", "hunter2"])
         self.assertNotIn("No password configured", text)
         self.assertNotIn("hunter2", text)
+
+
+class ReporterOptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        config = parse().reporterConfig
+        self.assertIsNone(config.master)
+        self.assertIsNone(config.secret)
+        self.assertEqual(config.interval, 60.0)
+        self.assertIsNone(config.nodeName)
+        self.assertIsNone(config.address)
+        self.assertEqual(config.hostRoot, "/")
+        self.assertFalse(config.networkFilesystems)
+        self.assertEqual(config.listenPort, 8771)
+        self.assertEqual(config.docker, "unix:/var/run/docker.sock")
+
+    def test_havenStartStringSettings(self) -> None:
+        config = parse(
+            environ={
+                "dm_agent_notifier_server": "http://10.0.0.1:8761",
+                "dm_agent_notifier_secret": "s3",
+                "dm_agent_notifier_address": "https://10.0.0.5:8771",
+                "dm_agent_notifier_rootPath": "/host",
+                "server_port": "9771",
+            }
+        ).reporterConfig
+        self.assertEqual(config.master, "http://10.0.0.1:8761")
+        self.assertEqual(config.secret, "s3")
+        self.assertEqual(config.address, "https://10.0.0.5:8771")
+        self.assertEqual(config.hostRoot, "/host")
+        self.assertEqual(config.listenPort, 9771)
+        self.assertNotIn("s3", repr(config))
+
+    def test_commandLine(self) -> None:
+        config = parse(
+            [
+                "--master",
+                "https://m:8761",
+                "--interval",
+                "15",
+                "--node-name",
+                "edge-1",
+                "--listen",
+                "tcp:port=9000",
+                "--network-filesystems",
+            ],
+            environ={"dm_agent_notifier_server": "http://other"},
+        ).reporterConfig
+        self.assertEqual(config.master, "https://m:8761")
+        self.assertEqual(config.interval, 15.0)
+        self.assertEqual(config.nodeName, "edge-1")
+        self.assertEqual(config.listenPort, 9000)
+        self.assertTrue(config.networkFilesystems)
+
+    def test_networkFilesystemsFromEnvironment(self) -> None:
+        config = parse(environ={"HAVEN_AGENT_NETWORK_FILESYSTEMS": "1"}).reporterConfig
+        self.assertTrue(config.networkFilesystems)
+
+    def test_badNodeNameNamesTheCharacters(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(["--node-name", "node1.example_com"])
+        message = str(caught.exception)
+        self.assertIn("'.'", message)
+        self.assertIn("'_'", message)
+
+    def test_badValues(self) -> None:
+        for args in [
+            ["--master", "10.0.0.1:8761"],
+            ["--interval", "0"],
+            ["--address", "10.0.0.5"],
+            ["--host-root", "host"],
+            ["--master-ca", "/nonexistent/ca.pem"],
+        ]:
+            with self.assertRaises(usage.UsageError, msg=args):
+                parse(args)
+
+    def test_masterCANotACertificate(self) -> None:
+        path = FilePath(self.mktemp())
+        path.setContent(b"not a certificate")
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(["--master-ca", path.path])
+        self.assertIn(path.path, str(caught.exception))
+
+    def test_makeServiceIncludesReporting(self) -> None:
+        from haven_agent.reporting import NodeReporting
+
+        options = parse(["--state-dir", self.mktemp()])
+        service = makeService(options)
+        self.assertEqual(
+            [type(s).__name__ for s in service], ["ProxyService", "NodeReporting"]
+        )
+        self.assertIsInstance(list(service)[1], NodeReporting)
