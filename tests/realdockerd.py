@@ -440,12 +440,17 @@ class RealDockerd:
         return proc
 
     def api_request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """One HTTP request over the UNIX socket; returns (status, body)."""
         conn = _UnixHTTPConnection(self.socket_path, timeout=timeout)
         try:
-            conn.request(method, path, body=body)
+            conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:

@@ -684,6 +684,60 @@ class CurlTests(E2ETestCase):
         self.assertTrue(message)
         self.assertNotIn(b"ApiVersion", body)
 
+    def test_detached_exec_keeps_gating(self) -> None:
+        """
+        A detached exec start is answered without a hijack, so the next
+        request on the same keep-alive connection must pass the gate again:
+        with a wrong password it gets 401, not dockerd's answer.
+        """
+        name = self.start_sleeper()
+        body = json.dumps({"Cmd": ["true"], "Detach": True}).encode()
+        status, created = self.dockerd.api_request(
+            "POST",
+            f"/containers/{name}/exec",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
+        self.assertEqual(status, 201, created)
+        exec_id = json.loads(created)["Id"]
+        wrong = [
+            (
+                arg
+                if not arg.startswith(self.agent.user + ":")
+                else f"{self.agent.user}:not-{self.agent.password}"
+            )
+            for arg in self.agent.curl_args()
+        ]
+        argv = [
+            *self.agent.curl_args(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"Detach": true}',
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            self.agent.https_url + f"/exec/{exec_id}/start",
+            "--next",
+            *wrong[1:],
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            self.agent.https_url + "/containers/json",
+        ]
+        proc = self._run_cmd(argv, self.agent.curl_env(), None, 90, "curl")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        first, second = (
+            proc.stdout.decode().split()[0::2],
+            proc.stdout.decode().split()[1::2],
+        )
+        self.assertEqual(first, ["200", "401"], proc.stdout)
+        self.assertEqual(second, ["1", "0"], "the second request reused the connection")
+
     def test_wrong_password(self) -> None:
         self._assert_unauthorized(password="not-" + self.agent.password)
 

@@ -228,3 +228,28 @@ class ReportingTests(TestCase):
             self.assertEqual(service.nodeName, short)
         else:
             self.assertIsNone(service.nodeName)
+
+    @inlineCallbacks
+    def test_httpsMasterTrustedByCAFile(self):
+        from twisted.web.server import Site
+
+        from haven_agent.certificates import (
+            certificate_options,
+            load_or_create_self_signed,
+        )
+
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        master = FakeMaster()
+        site = Site(master)
+        site.noisy = False
+        port = reactor.listenSSL(
+            0, site, certificate_options(certificate), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        url = f"https://127.0.0.1:{port.getHost().port}"
+        self.start(self.config(master=url, masterCA=certificate.cert_path))
+        report = yield master.next_report()
+        self.assertEqual(report.code, 200)
+        self.assertEqual(report.json()["name"], "node-1")
