@@ -116,9 +116,10 @@ def _integers(values: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _disks(disks: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    # Sorted: probes answer in any order, and a stable body reads better.
     return {
         str(mountpoint): _integers(usage)
-        for mountpoint, usage in disks.items()
+        for mountpoint, usage in sorted(disks.items())
         if isinstance(usage, Mapping)
         and usage.get("used") is not None
         and usage.get("total") is not None

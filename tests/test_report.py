@@ -171,3 +171,21 @@ class BuildReportTests(SynchronousTestCase):
 
     def test_naive_time_refused(self) -> None:
         self.assertRaises(ValueError, report, moment=datetime(2026, 11, 24, 11, 0))
+
+
+class DiskOrderTests(SynchronousTestCase):
+    def test_disksSortedByMountPoint(self) -> None:
+        body = build_report(
+            moment=datetime(2026, 1, 1, tzinfo=UTC),
+            name="n",
+            address="https://10.0.0.5:8771",
+            host=HostSnapshot(
+                cpu_load=1.0,
+                memory={"total": 2, "used": 1, "available": 1},
+                disks={"/z": {"used": 1, "total": 2}, "/": {"used": 1, "total": 2}},
+                net={},
+            ),
+            labels={},
+            containers=[],
+        )
+        self.assertEqual(list(body["system"]["disks"]), ["/", "/z"])
