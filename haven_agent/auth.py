@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bcrypt
+from attrs import field, frozen
 from twisted.internet.defer import Deferred, succeed
 
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
@@ -49,13 +50,38 @@ def is_bcrypt_hash(secret: str) -> bool:
     return secret.startswith(BCRYPT_PREFIXES) and len(secret) == 60
 
 
+@frozen
+class Account:
+    """
+    One user name and its secret (plain, or a bcrypt hash).
+    """
+
+    user: bytes
+    secret: bytes = field(repr=False)
+    hashed: bool
+    readOnly: bool = False
+
+    @classmethod
+    def of(cls, user: str, secret: str, readOnly: bool = False) -> Account:
+        return cls(
+            user.encode("utf-8"),
+            secret.encode("utf-8"),
+            is_bcrypt_hash(secret),
+            readOnly,
+        )
+
+
 class BasicAuthChecker:
     """
-    Decides whether an Authorization header carries the agent's credentials.
+    Decides whether an Authorization header carries an account's credentials.
+
+    There is the agent's account and, optionally, a read-only one, which the
+    gate allows only GET and HEAD requests.
 
     @param runInThread: runs a blocking call off the reactor thread and
         returns a Deferred of its result (C{deferToThread}, or a synchronous
         stand-in in tests).
+    @param readOnly: the read-only account's (user, secret), if any.
     """
 
     def __init__(
@@ -64,15 +90,35 @@ class BasicAuthChecker:
         secret: str,
         runInThread: Callable[..., Deferred[Any]],
         cacheSize: int = 1024,
+        readOnly: tuple[str, str] | None = None,
     ) -> None:
-        self._user = user.encode("utf-8")
-        self._secret = secret.encode("utf-8")
-        self._hashed = is_bcrypt_hash(secret)
+        self._accounts = [Account.of(user, secret)]
+        if readOnly is not None:
+            readOnlyUser, readOnlySecret = readOnly
+            if readOnlyUser == user:
+                raise ValueError("the read-only user must differ from the user")
+            self._accounts.append(Account.of(readOnlyUser, readOnlySecret, True))
         self._runInThread = runInThread
         self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
         self._pending: dict[bytes, list[Deferred[str | None]]] = {}
         self._cacheSize = cacheSize
         self.bcryptRuns = 0
+
+    def isReadOnly(self, name: str) -> bool:
+        """
+        Is C{name} (as returned by L{check}) the read-only account?
+        """
+        return any(
+            account.readOnly and account.user == name.encode("utf-8")
+            for account in self._accounts
+        )
+
+    def _account(self, user: bytes) -> Account | None:
+        found = None
+        for account in self._accounts:
+            if hmac.compare_digest(user, account.user):
+                found = account
+        return found
 
     def check(self, authorization: bytes | None) -> Deferred[str | None]:
         """
@@ -82,42 +128,45 @@ class BasicAuthChecker:
         if credentials is None:
             return succeed(None)
         user, password = credentials
-        if not self._hashed:
-            userOk = hmac.compare_digest(user, self._user)
-            passwordOk = hmac.compare_digest(password, self._secret)
-            return succeed(self._name(userOk & passwordOk))
+        account = self._account(user)
+        if account is None:
+            return succeed(None)
+        if not account.hashed:
+            return succeed(
+                self._name(account, hmac.compare_digest(password, account.secret))
+            )
         key = hashlib.sha256(user + b"\0" + password).digest()
         verdict = self._verdicts.get(key)
         if verdict is not None:
             self._verdicts.move_to_end(key)
-            return succeed(self._name(verdict))
+            return succeed(self._name(account, verdict))
         waiting: Deferred[str | None] = Deferred()
         if key in self._pending:
             self._pending[key].append(waiting)
             return waiting
         self._pending[key] = [waiting]
         self.bcryptRuns += 1
-        verifying = self._runInThread(self._verify, user, password)
+        verifying = self._runInThread(self._verify, account, password)
         verifying.addErrback(lambda failure: False)
-        verifying.addCallback(self._remember, key)
+        verifying.addCallback(self._remember, key, account)
         return waiting
 
-    def _verify(self, user: bytes, password: bytes) -> bool:
-        userOk = hmac.compare_digest(user, self._user)
+    @staticmethod
+    def _verify(account: Account, password: bytes) -> bool:
         try:
             # bcrypt reads at most 72 bytes; bcrypt >= 5 refuses longer input
             # instead of truncating it as the hash's creator did.
-            passwordOk = bcrypt.checkpw(password[:72], self._secret)
+            return bcrypt.checkpw(password[:72], account.secret)
         except ValueError:
-            passwordOk = False
-        return userOk and passwordOk
+            return False
 
-    def _remember(self, verdict: bool, key: bytes) -> None:
+    def _remember(self, verdict: bool, key: bytes, account: Account) -> None:
         self._verdicts[key] = verdict
         while len(self._verdicts) > self._cacheSize:
             self._verdicts.popitem(last=False)
         for waiting in self._pending.pop(key):
-            waiting.callback(self._name(verdict))
+            waiting.callback(self._name(account, verdict))
 
-    def _name(self, ok: bool) -> str | None:
-        return self._user.decode("utf-8") if ok else None
+    @staticmethod
+    def _name(account: Account, ok: bool) -> str | None:
+        return account.user.decode("utf-8") if ok else None

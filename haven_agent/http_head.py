@@ -87,13 +87,23 @@ class RequestHead:
     @property
     def path(self) -> bytes:
         """
-        The target's path, without query, percent-decoded.
+        The target's path, without query, percent-decoded and normalised
+        (no dot segments, no empty segments), for deciding what a request
+        is; the target itself is forwarded as it came.
         """
         target = self.target
         if target.startswith((b"http://", b"https://")):
             slash = target.find(b"/", target.find(b"//") + 2)
             target = target[slash:] if slash >= 0 else b"/"
-        return unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
+        decoded = unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
+        return normalize_path(decoded)
+
+    @property
+    def apiPath(self) -> bytes:
+        """
+        L{path} without a leading C{/vX.Y} API version.
+        """
+        return _API_PREFIX.sub(b"", self.path, count=1)
 
     @property
     def framing(self) -> Framing:
@@ -113,8 +123,22 @@ class RequestHead:
             return True
         if self.method != b"POST":
             return False
-        path = _API_PREFIX.sub(b"", self.path, count=1)
-        return any(pattern.match(path) for pattern in _HIJACK_PATHS)
+        return any(pattern.match(self.apiPath) for pattern in _HIJACK_PATHS)
+
+
+def normalize_path(path: bytes) -> bytes:
+    """
+    Remove dot segments (RFC 3986 section 5.2.4) and empty segments, the
+    way dockerd's router cleans paths before matching them.
+    """
+    segments: list[bytes] = []
+    for segment in path.split(b"/"):
+        if segment == b"..":
+            if segments:
+                segments.pop()
+        elif segment not in (b"", b"."):
+            segments.append(segment)
+    return b"/" + b"/".join(segments)
 
 
 def _framing(head: RequestHead) -> Framing:

@@ -129,3 +129,26 @@ class BcryptCheckerTests(SynchronousTestCase):
             ),
         )
         self.assertIsNone(self.successResultOf(checker.check(basic(b"admin", b"pw"))))
+
+
+class ReadOnlyAccountTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        hashed = bcrypt.hashpw(b"look", bcrypt.gensalt(4)).decode()
+        self.checker = BasicAuthChecker(
+            "admin", "pw", lambda f, *a: succeed(f(*a)), readOnly=("viewer", hashed)
+        )
+
+    def test_bothAccounts(self) -> None:
+        admin = self.successResultOf(self.checker.check(basic(b"admin", b"pw")))
+        viewer = self.successResultOf(self.checker.check(basic(b"viewer", b"look")))
+        self.assertEqual((admin, viewer), ("admin", "viewer"))
+        self.assertFalse(self.checker.isReadOnly(admin))
+        self.assertTrue(self.checker.isReadOnly(viewer))
+
+    def test_passwordsDoNotCross(self) -> None:
+        for header in [basic(b"viewer", b"pw"), basic(b"admin", b"look")]:
+            self.assertIsNone(self.successResultOf(self.checker.check(header)))
+
+    def test_sameUserRefused(self) -> None:
+        with self.assertRaises(ValueError):
+            BasicAuthChecker("admin", "a", self.fail, readOnly=("admin", "b"))

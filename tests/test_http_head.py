@@ -102,6 +102,17 @@ class ParseTests(SynchronousTestCase):
 
     def test_path(self) -> None:
         self.assertEqual(parse_head(b"GET /a%2Fb?x=1 HTTP/1.1\r\n\r\n").path, b"/a/b")
+        for target, path in [
+            (b"/v1.41/containers/x/../../_agent/./health", b"/v1.41/_agent/health"),
+            (b"/%2e%2e/%2E%2E/info", b"/info"),
+            (b"//containers//json/", b"/containers/json"),
+            (b"/a/b/..", b"/a"),
+        ]:
+            head = parse_head(b"GET " + target + b" HTTP/1.1\r\n\r\n")
+            self.assertEqual(head.path, path, target)
+        self.assertEqual(
+            parse_head(b"GET /v1.41/info HTTP/1.1\r\n\r\n").apiPath, b"/info"
+        )
         self.assertEqual(
             parse_head(b"GET http://docker/v1.41/info?x HTTP/1.1\r\n\r\n").path,
             b"/v1.41/info",
@@ -160,6 +171,8 @@ class HijackTests(SynchronousTestCase):
             b"/v1.50/exec/0123abcd/start",
             b"/exec/x/start",
             b"/v1.41/containers/a%2Fb/attach",
+            b"/v1.41/containers/x/../../exec/y/start",
+            b"/%65xec/y/start",
         ]:
             self.assertTrue(self.hijacks(b"POST " + target + b" HTTP/1.1"), target)
 
