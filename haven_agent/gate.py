@@ -33,8 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define
-from twisted.internet.defer import Deferred
+from attrs import define, field
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -42,6 +44,7 @@ from zope.interface import implementer
 
 from haven_agent.auth import BasicAuthChecker
 from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.health import HEALTH_PATH, DockerProbe, health_response
 from haven_agent.http_head import (
     Framing,
     HeadError,
@@ -51,8 +54,11 @@ from haven_agent.http_head import (
 )
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
+from haven_agent.throttle import FailureThrottle
 
 AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
+AUTH_MODES = ("password", "cert", "both")
+READ_METHODS = (b"GET", b"HEAD")
 
 log = Logger(namespace="haven_agent.requests")
 
@@ -76,9 +82,56 @@ class GateFactory(Factory):
     firstHeadTimeout: float = 30.0
     nextHeadTimeout: float = 30.0
     lingerTimeout: float = 2.0
+    authMode: str = "password"
+    throttle: FailureThrottle | None = None
+    maxConnections: int = 10_000
+    maxUnauthenticated: int = 512
+    probe: DockerProbe | None = None
+    connections: set[GateProtocol] = field(init=False, factory=set)
+    unauthenticated: int = field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.authMode not in AUTH_MODES:
+            raise ValueError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
+        if self.probe is None:
+            self.probe = DockerProbe(self.connectDocker, self.clock)
 
     def buildProtocol(self, addr):
         return GateProtocol(self, addr)
+
+    def closeAll(self, grace: float) -> Deferred[None]:
+        """
+        Let open connections end on their own for up to C{grace} seconds,
+        then close the rest (flushing what is on its way), and abort what
+        is still open a moment later.
+        """
+        done: Deferred[None] = Deferred()
+
+        def check(deadline: float, then) -> None:
+            if not self.connections:
+                done.callback(None)
+            elif self.clock.seconds() >= deadline:
+                then()
+            else:
+                self.clock.callLater(0.1, check, deadline, then)
+
+        def closeRest() -> None:
+            log.info(
+                "closing {count} connections still open after {grace} s",
+                count=len(self.connections),
+                grace=grace,
+            )
+            for protocol in list(self.connections):
+                protocol.shutDown()
+            check(self.clock.seconds() + self.lingerTimeout, abortRest)
+
+        def abortRest() -> None:
+            for protocol in list(self.connections):
+                protocol.transport.abortConnection()
+            done.callback(None)
+
+        check(self.clock.seconds() + grace, closeRest)
+        return done
 
 
 @define(eq=False)
@@ -91,6 +144,7 @@ class RequestRecord:
     path: str
     user: str | None
     started: float
+    auth: str = "-"
     bytesIn: int = 0
     bytesOut: int = 0
     hijacked: bool = False
@@ -129,19 +183,43 @@ class GateProtocol(Protocol):
         self._finished = False
         self._clientReadDone = False
         self._dockerReadDone = False
+        self._dockerClosing = False
         self._pending = b""
         self._refusal: bytes | None = None
         self._request: RequestRecord | None = None
         self._requests = 0
         self._timer = None
         self._clientPauser: PauseReasons | None = None
+        self._authenticated = False
+        self._certificateName: str | None = None
+        self._firstToClose: str | None = None
 
     # Client events
 
     def connectionMade(self) -> None:
+        factory = self._factory
+        factory.connections.add(self)
+        factory.unauthenticated += 1
         tune_socket(self.transport)
         self._clientPauser = PauseReasons(self.transport)
-        self._startTimer(self._factory.firstHeadTimeout)
+        if len(factory.connections) > factory.maxConnections:
+            self._overloaded("too many connections", factory.maxConnections)
+        elif factory.unauthenticated > factory.maxUnauthenticated:
+            self._overloaded(
+                "too many connections waiting to authenticate",
+                factory.maxUnauthenticated,
+            )
+        else:
+            self._startTimer(factory.firstHeadTimeout)
+
+    def _overloaded(self, problem: str, limit: int) -> None:
+        log.warn(
+            "{peer}: refused, {problem} (limit {limit})",
+            peer=self._peer,
+            problem=problem,
+            limit=limit,
+        )
+        self._refuse(503, f"{problem}; try again later", None, None)
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
@@ -155,6 +233,7 @@ class GateProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self._clientReadDone = True
+        self._firstToClose = self._firstToClose or "client"
         if self._lingering:
             self.transport.loseConnection()
         elif not (self._waiting() or self._discarding):
@@ -165,6 +244,9 @@ class GateProtocol(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self._finished = True
+        self._factory.connections.discard(self)
+        if not self._authenticated:
+            self._factory.unauthenticated -= 1
         self._cancelTimer()
         self._finishRequest("client closed")
         self._closeDocker()
@@ -232,23 +314,98 @@ class GateProtocol(Protocol):
         except HeadError as error:
             self._refuse(error.status, error.message, head, None)
             return
-        checking = self._factory.checker.check(head.first(b"authorization"))
+        if head.method in READ_METHODS and head.path == HEALTH_PATH:
+            self._answerHealth(head)
+            return
+        checking = self._authenticate(head)
         checking.addCallback(self._authorised, head, framing)
         checking.addErrback(self._unexpected)
+
+    def _authenticate(self, head: RequestHead) -> Deferred[str | None]:
+        """
+        Who sent C{head}: by password, by client certificate, or by both.
+        """
+        mode = self._factory.authMode
+        if mode != "password" and self._certificateName is None:
+            self._certificateName = client_certificate_name(self.transport)
+        if mode == "cert":
+            return succeed(self._certificateName)
+        checking = self._factory.checker.check(head.first(b"authorization"))
+        if mode == "both":
+            checking.addCallback(
+                lambda user: user if self._certificateName is not None else None
+            )
+        return checking
+
+    def _authMethod(self) -> str:
+        return {"password": "password", "cert": "cert", "both": "cert+password"}[
+            self._factory.authMode
+        ]
 
     def _authorised(self, user: str | None, head: RequestHead, framing) -> None:
         if self._finished:
             return
         if user is None:
-            if head.first(b"authorization") is None:
-                message = "authentication required: send HTTP Basic credentials"
-            else:
-                message = "wrong user name or password"
-            self._refuse(401, message, head, None, AUTHENTICATE)
-        elif self._docker is None:
+            self._unauthenticated(head)
+            return
+        if self._factory.checker.isReadOnly(user) and (
+            head.method not in READ_METHODS or head.hijacks
+        ):
+            self._refuse(
+                403,
+                f"user {user} is read-only: only GET and HEAD requests, and no "
+                "attach, exec or upgrade, are allowed",
+                head,
+                user,
+            )
+            return
+        if not self._authenticated:
+            self._authenticated = True
+            self._factory.unauthenticated -= 1
+        if self._docker is None:
             self._connectDocker(head, framing, user)
         else:
             self._forward(head, framing, user)
+
+    def _unauthenticated(self, head: RequestHead) -> None:
+        if self._factory.authMode == "cert" or (
+            self._factory.authMode == "both" and self._certificateName is None
+        ):
+            message = "a client certificate signed by the agent's client CA is required"
+        elif head.first(b"authorization") is None:
+            message = "authentication required: send HTTP Basic credentials"
+        else:
+            message = "wrong user name or password"
+        throttle = self._factory.throttle
+        delay = throttle.failed(self._peerHost()) if throttle is not None else 0.0
+        if delay <= 0:
+            self._refuse(401, message, head, None, AUTHENTICATE)
+            return
+        # Answer later; meanwhile read nothing more from this client.
+        self._discarding = True
+        self._deciding = False
+        self._cancelTimer()
+        self._timer = self._clock.callLater(
+            delay, self._refuse, 401, message, head, None, AUTHENTICATE
+        )
+
+    def _peerHost(self) -> str:
+        return self._peer.rsplit(":", 1)[0]
+
+    def _answerHealth(self, head: RequestHead) -> None:
+        asking = self._factory.probe.isUp()
+        asking.addCallback(self._healthKnown, head)
+        asking.addErrback(self._unexpected)
+
+    def _healthKnown(self, dockerUp: bool, head: RequestHead) -> None:
+        if self._finished:
+            return
+        response = health_response(dockerUp)
+        self._finishRequest("done")
+        record = RequestRecord.of(head, None, self._clock.seconds())
+        record.bytesOut = len(response)
+        self._logRequest(record, "health: docker " + ("up" if dockerUp else "down"))
+        self._answerLast(response)
 
     def _connectDocker(self, head: RequestHead, framing: Framing, user: str) -> None:
         docker = DockerConnection(self)
@@ -289,6 +446,7 @@ class GateProtocol(Protocol):
         self._dockerSpokeSinceForward = False
         self._requests += 1
         self._request = RequestRecord.of(head, user, self._clock.seconds())
+        self._request.auth = self._authMethod()
         self._toDocker(head.raw)
         if head.hijacks and pipelined:
             # Which answer is whose would need dockerd's replies parsed:
@@ -338,11 +496,22 @@ class GateProtocol(Protocol):
     def _startPiping(self) -> None:
         self._piping = True
         self._body = None
-        if self._request is not None:
-            self._request.hijacked = True
+        record = self._request
+        if record is not None:
+            record.hijacked = True
+            log.info(
+                "{peer} {user} {method} {path}: stream opened ({auth})",
+                peer=self._peer,
+                user=record.user or "-",
+                method=record.method,
+                path=record.path,
+                auth=record.auth,
+                event="stream opened",
+            )
 
     def upstreamReadClosed(self) -> None:
         self._dockerReadDone = True
+        self._firstToClose = self._firstToClose or "docker"
         if not self._piping or self._refusal is not None:
             # Outside a raw stream dockerd's end of output is the end of the
             # connection: no later request could be answered.
@@ -368,6 +537,16 @@ class GateProtocol(Protocol):
 
     # Endings
 
+    def shutDown(self) -> None:
+        """
+        The agent is stopping: close both sides, after what is on its way.
+        """
+        self._discarding = True
+        self._cancelTimer()
+        self.transport.unregisterProducer()
+        self._closeDocker()
+        self.transport.loseConnection()
+
     def _passClientEOFIfDue(self) -> None:
         if self._clientReadDone and not (self._waiting() or self._discarding):
             self._passClientEOF()
@@ -378,7 +557,8 @@ class GateProtocol(Protocol):
         producer goes first, since a paused one would hold the close back.
         """
         docker = self._docker
-        if docker is not None and not docker.closed:
+        if docker is not None and not docker.closed and not self._dockerClosing:
+            self._dockerClosing = True
             docker.transport.unregisterProducer()
             docker.transport.loseConnection()
 
@@ -402,11 +582,21 @@ class GateProtocol(Protocol):
             self.transport.loseConnection()
 
     def _refuse(self, status, message, head, user, headers=()) -> None:
+        if self._finished:
+            return
         response = error_response(status, message, headers)
         self._finishRequest("done")
         record = RequestRecord.of(head, user, self._clock.seconds())
         record.bytesOut = len(response)
         self._logRequest(record, f"refused {status}: {message}")
+        self._answerLast(response)
+
+    def _answerLast(self, response: bytes) -> None:
+        """
+        Answer with C{response} and close, once dockerd has finished sending
+        what it was sending on this connection.
+        """
+        self._finishRequest("done")
         self._discarding = True
         self._deciding = False
         self._pending = b""
@@ -488,8 +678,8 @@ class GateProtocol(Protocol):
     def _finishRequest(self, outcome: str) -> None:
         record, self._request = self._request, None
         if record is not None:
-            if record.hijacked and outcome == "done":
-                outcome = "stream ended"
+            if record.hijacked:
+                outcome = f"stream closed, first by {self._firstToClose or outcome}"
             self._logRequest(record, outcome)
 
     def _logRequest(self, record: RequestRecord, outcome: str) -> None:
@@ -498,6 +688,7 @@ class GateProtocol(Protocol):
             "{bytesOut} bytes out, {duration:.3f} s",
             peer=self._peer,
             user=record.user or "-",
+            auth=record.auth,
             method=record.method,
             path=record.path,
             outcome=outcome,
@@ -506,3 +697,27 @@ class GateProtocol(Protocol):
             duration=self._clock.seconds() - record.started,
             hijacked=record.hijacked,
         )
+
+
+def client_certificate_name(transport) -> str | None:
+    """
+    The verified client certificate's common name (or first DNS name), or
+    None without one. The TLS layer has already checked it against the
+    client CA; an unverified certificate never gets this far.
+    """
+    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+    certificate = getPeerCertificate() if getPeerCertificate is not None else None
+    if certificate is None:
+        return None
+    certificate = certificate.to_cryptography()
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if names:
+        return str(names[0].value)
+    try:
+        extension = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except x509.ExtensionNotFound:
+        return "client certificate"
+    dns = extension.value.get_values_for_type(x509.DNSName)
+    return dns[0] if dns else "client certificate"

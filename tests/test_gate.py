@@ -5,6 +5,7 @@ driven over C{StringTransport}s and a C{Clock}.
 
 from base64 import b64encode
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -35,24 +36,46 @@ class HalfCloseTransport(StringTransport):
 
 
 class GateHarness:
-    def __init__(self, testCase, runInThread=None, connect="later") -> None:
+    def __init__(
+        self, testCase, runInThread=None, connect="later", factory=None, **options
+    ) -> None:
         self.clock = Clock()
         self.connects: list[tuple[object, Deferred]] = []
         self.connectMode = connect
-        checker = BasicAuthChecker(
-            "admin", "pw", runInThread or (lambda f, *a: succeed(f(*a)))
-        )
-        self.factory = GateFactory(
-            checker=checker,
-            connectDocker=self._connect,
-            dockerDescription="unix:/run/docker.sock",
-            clock=self.clock,
-        )
-        self.protocol = self.factory.buildProtocol(None)
-        self.client = HalfCloseTransport()
-        self.protocol.makeConnection(self.client)
+        if factory is None:
+            checker = BasicAuthChecker(
+                "admin",
+                "pw",
+                runInThread or (lambda f, *a: succeed(f(*a))),
+                readOnly=("viewer", "look"),
+            )
+            factory = GateFactory(
+                checker=checker,
+                connectDocker=self._connect,
+                dockerDescription="unix:/run/docker.sock",
+                clock=self.clock,
+                **options,
+            )
+        else:
+            self.clock = factory.clock
+        self.factory = factory
         self.docker = None
         self.dockerTransport = None
+        self.client = HalfCloseTransport(
+            peerAddress=IPv4Address("TCP", "10.0.0.9", 4321)
+        )
+        self.protocol = self.factory.buildProtocol(self.client.getPeer())
+        self.protocol.makeConnection(self.client)
+
+    def another(self) -> "GateHarness":
+        """
+        A second client connection to the same factory.
+        """
+        other = GateHarness.__new__(GateHarness)
+        other.__init__(None, factory=self.factory)
+        other.connects = self.connects
+        other.connectMode = self.connectMode
+        return other
 
     def _connect(self, protocol):
         if self.connectMode == "refuse":
@@ -552,3 +575,241 @@ class LogTests(SynchronousTestCase):
         for event in events:
             for value in event.values():
                 self.assertNotIn("pw", str(value).replace("pwd", ""))
+
+
+VIEWER = b"Authorization: Basic " + b64encode(b"viewer:look") + b"\r\n"
+
+
+class ReadOnlyTests(SynchronousTestCase):
+    def test_getForwarded(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/containers/json", auth=VIEWER))
+        docker = h.acceptDocker()
+        self.assertEqual(docker.value(), get(b"/containers/json", auth=VIEWER))
+
+    def test_writesAndHijacksRefused(self) -> None:
+        for request in [
+            b"POST /containers/create HTTP/1.1\r\n"
+            + VIEWER
+            + b"Content-Length: 2\r\n\r\n{}",
+            b"DELETE /containers/x HTTP/1.1\r\n" + VIEWER + b"\r\n",
+            b"GET /containers/x/attach/ws HTTP/1.1\r\n"
+            + VIEWER
+            + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST /v1.41/containers/x/../../exec/y/start HTTP/1.1\r\n"
+            + VIEWER
+            + b"\r\n",
+        ]:
+            h = GateHarness(self)
+            h.send(request)
+            answer = h.client.value()
+            self.assertTrue(answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), request)
+            self.assertIn(b"read-only", answer)
+            self.assertEqual(h.connects, [], "nothing reached dockerd")
+
+    def test_laterWriteOnSameConnectionRefused(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/info", auth=VIEWER))
+        docker = h.acceptDocker()
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        h.send(b"POST /containers/x/kill HTTP/1.1\r\n" + VIEWER + b"\r\n")
+        self.assertEqual(docker.value(), get(b"/info", auth=VIEWER))
+        h.dockerCloses()
+        self.assertIn(b"HTTP/1.1 403 Forbidden", h.client.value())
+
+
+class HealthTests(SynchronousTestCase):
+    def test_noCredentialsNoDockerData(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/_agent/health", auth=b""))
+        self.assertEqual(len(h.connects), 1, "a knock on dockerd's socket")
+        protocol, d = h.connects.pop()
+        protocol.makeConnection(HalfCloseTransport())
+        d.callback(protocol)
+        answer = h.client.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(answer.endswith(b'{"status": "ok", "docker": "up"}\n'))
+        self.assertTrue(h.client.writeClosed)
+
+    def test_dockerDown(self) -> None:
+        h = GateHarness(self, connect="refuse")
+        h.send(get(b"/v1.41/../_agent/health", auth=b""))
+        self.assertTrue(
+            h.client.value().endswith(b'{"status": "degraded", "docker": "down"}\n')
+        )
+
+    def test_probeRemembered(self) -> None:
+        h = GateHarness(self, connect="refuse")
+        h.send(get(b"/_agent/health", auth=b""))
+        other = h.another()
+        other.send(get(b"/_agent/health", auth=b""))
+        self.assertIn(b'"docker": "down"', other.client.value())
+
+    def test_otherAgentPathsNeedCredentials(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/_agent/healthz", auth=b""))
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 401 "))
+
+
+class ThrottleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from haven_agent.throttle import FailureThrottle
+
+        self.h = GateHarness(self)
+        self.h.factory.throttle = FailureThrottle(self.h.clock)
+
+    def test_repeatedFailuresDelayed(self) -> None:
+        self.h.send(get(auth=BAD_AUTH))
+        self.assertIn(b"401", self.h.client.value(), "first failure answered at once")
+        second = self.h.another()
+        second.send(get(auth=BAD_AUTH))
+        self.assertEqual(second.client.value(), b"", "the second waits")
+        self.h.clock.advance(0.25)
+        self.assertTrue(second.client.value().startswith(b"HTTP/1.1 401 "))
+
+    def test_rightCredentialNeverDelayed(self) -> None:
+        for _ in range(5):
+            self.h.another().send(get(auth=BAD_AUTH))
+        right = self.h.another()
+        right.send(get())
+        self.assertEqual(len(self.h.connects), 1, "forwarded at once")
+
+    def test_clientGoneBeforeDelayedAnswer(self) -> None:
+        self.h.send(get(auth=BAD_AUTH))
+        second = self.h.another()
+        second.send(get(auth=BAD_AUTH))
+        second.protocol.connectionLost(None)
+        self.h.clock.advance(10)
+        self.assertEqual(second.client.value(), b"")
+
+
+class LimitTests(SynchronousTestCase):
+    def test_totalConnections(self) -> None:
+        h = GateHarness(self, maxConnections=2)
+        h.another()
+        third = h.another()
+        self.assertTrue(third.client.value().startswith(b"HTTP/1.1 503 "))
+        self.assertIn(b"too many connections", third.client.value())
+        self.assertFalse(h.client.disconnecting, "existing ones unaffected")
+
+    def test_unauthenticatedConnections(self) -> None:
+        h = GateHarness(self, maxUnauthenticated=1)
+        h.send(get())
+        h.acceptDocker()
+        second = h.another()
+        self.assertEqual(second.client.value(), b"", "the first one authenticated")
+        third = h.another()
+        self.assertTrue(third.client.value().startswith(b"HTTP/1.1 503 "))
+        third.protocol.connectionLost(None)
+        second.protocol.connectionLost(None)
+        self.assertEqual(h.factory.unauthenticated, 0)
+        self.assertEqual(len(h.factory.connections), 1)
+
+
+class FakeTLSTransport(HalfCloseTransport):
+    def __init__(self, certificate) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "10.0.0.9", 4321))
+        self._certificate = certificate
+
+    def getPeerCertificate(self):
+        return self._certificate
+
+
+def clientCertificate(commonName: str):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from OpenSSL.crypto import X509
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return X509.from_cryptography(certificate)
+
+
+class CertificateAuthTests(SynchronousTestCase):
+    def harness(self, mode: str, certificate) -> GateHarness:
+        h = GateHarness(self, authMode=mode)
+        h.protocol = h.factory.buildProtocol(None)
+        h.client = FakeTLSTransport(certificate)
+        h.protocol.makeConnection(h.client)
+        return h
+
+    def test_certAlone(self) -> None:
+        h = self.harness("cert", clientCertificate("ops-laptop"))
+        with capturedLogs() as events:
+            h.send(get(auth=b""))
+            h.acceptDocker()
+            h.dockerCloses()
+        requests = [e for e in events if "method" in e]
+        self.assertEqual(requests[0]["user"], "ops-laptop")
+        self.assertEqual(requests[0]["auth"], "cert")
+
+    def test_certModeWithoutCertificate(self) -> None:
+        h = self.harness("cert", None)
+        h.send(get())
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 401 "))
+        self.assertIn(b"client certificate", h.client.value())
+
+    def test_bothNeedsBoth(self) -> None:
+        h = self.harness("both", clientCertificate("ops"))
+        h.send(get(auth=BAD_AUTH))
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 401 "))
+        h = self.harness("both", None)
+        h.send(get())
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 401 "))
+        h = self.harness("both", clientCertificate("ops"))
+        h.send(get())
+        self.assertEqual(len(h.connects), 1)
+
+
+class AuditTests(SynchronousTestCase):
+    def test_streamOpenAndCloseLogged(self) -> None:
+        h = GateHarness(self)
+        with capturedLogs() as events:
+            h.send(b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n")
+            h.acceptDocker()
+            h.docker.dataReceived(UPGRADED)
+            h.protocol.readConnectionLost()
+            h.dockerCloses()
+        texts = [formatEvent(e) for e in events]
+        self.assertTrue(any("stream opened (password)" in t for t in texts), texts)
+        closed = [e for e in events if e.get("outcome", "").startswith("stream")]
+        self.assertEqual(closed[0]["outcome"], "stream closed, first by client")
+        self.assertEqual(closed[0]["auth"], "password")
+        self.assertEqual(closed[0]["user"], "admin")
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_graceThenClose(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/events"))
+        h.acceptDocker()
+        idle = h.another()
+        done = h.factory.closeAll(grace=5)
+        self.assertNoResult(done)
+        idle.protocol.connectionLost(None)
+        h.clock.advance(5)
+        self.assertTrue(h.client.disconnecting, "the stream is closed after grace")
+        self.assertTrue(h.dockerTransport.disconnecting)
+        h.protocol.connectionLost(None)
+        h.clock.advance(1)
+        self.successResultOf(done)
+
+    def test_nothingOpen(self) -> None:
+        h = GateHarness(self)
+        h.protocol.connectionLost(None)
+        self.successResultOf(h.factory.closeAll(grace=5))
