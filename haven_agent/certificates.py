@@ -38,6 +38,7 @@ __all__ = [
     "ServerCertificate",
     "certificate_options",
     "load_certificate_files",
+    "load_client_ca",
     "load_or_create_self_signed",
     "local_host_names",
     "local_ip_addresses",
@@ -242,6 +243,26 @@ def load_certificate_files(cert_path: str, key_path: str) -> ServerCertificate:
         key_path=key_path,
         generated=False,
         not_after=leaf.not_valid_after_utc,
+    )
+
+
+def load_client_ca(path: str) -> bytes:
+    """
+    Read the PEM bundle of CAs whose client certificates the agent accepts
+    (C{--tls-client-ca}), as C{dockerd --tlsverify --tlscacert} does.
+
+    Checked when loaded, so a wrong file stops start-up (or a reload) with a
+    message naming it, instead of every client being refused later.
+
+    @return: every certificate of the file, re-encoded as PEM (comments and
+        other blocks dropped), for L{certificate_options}.
+    @raise CertificateError: if the file is missing or unreadable, or holds no
+        PEM certificate.
+    """
+    data = _read(path, "client CA")
+    certificates = _parse_certificates(data, f"TLS client CA file {path}")
+    return b"".join(
+        cert.public_bytes(serialization.Encoding.PEM) for cert in certificates
     )
 
 

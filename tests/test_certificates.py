@@ -43,6 +43,7 @@ from haven_agent.certificates import (
     ServerCertificate,
     certificate_options,
     load_certificate_files,
+    load_client_ca,
     load_or_create_self_signed,
     local_host_names,
     local_ip_addresses,
@@ -873,3 +874,45 @@ class CertificateOptionsTests(SynchronousTestCase):
         )
         self.assertFalse(client_app.completed)
         self.assertIsNotNone(client_app.lost)
+
+
+class LoadClientCATests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+
+    def test_bundle(self) -> None:
+        """
+        Every certificate of the bundle is returned as PEM, comments dropped,
+        and the result is accepted as the client CA of the TLS options.
+        """
+        first, second = make_ca("CA one")[1], make_ca("CA two")[1]
+        path = write(
+            os.path.join(self.directory, "ca.pem"),
+            b"# our client CAs\n" + cert_pem(first) + b"\n" + cert_pem(second),
+        )
+        bundle = load_client_ca(path)
+        self.assertEqual(bundle, cert_pem(first) + cert_pem(second))
+        options = certificate_options(generate(self), client_ca_pem=bundle)
+        self.assertTrue(options.verify)
+
+    def test_missing_file(self) -> None:
+        path = os.path.join(self.directory, "absent.pem")
+        error = self.assertRaises(CertificateError, load_client_ca, path)
+        self.assertIn(f"TLS client CA file {path}", str(error))
+
+    def test_not_a_certificate(self) -> None:
+        """
+        A file without a PEM certificate (empty, garbage, a lone key) is
+        refused with a message naming it.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        for name, data in [
+            ("empty.pem", b""),
+            ("garbage.pem", b"not pem at all"),
+            ("key.pem", key_pem(key)),
+        ]:
+            path = write(os.path.join(self.directory, name), data)
+            error = self.assertRaises(CertificateError, load_client_ca, path)
+            self.assertIn(path, str(error), name)
+            self.assertIn("does not hold a PEM certificate", str(error), name)
