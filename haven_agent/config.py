@@ -38,6 +38,13 @@ class ProxyConfig:
     serverNames: tuple[str, ...]
     firstHeadTimeout: float = 30.0
     nextHeadTimeout: float = 30.0
+    tlsClientCA: str | None = None
+    authMode: str = "password"
+    readOnlyUser: str = "readonly"
+    readOnlyPassword: str | None = field(default=None, repr=False)
+    maxConnections: int = 10_000
+    maxUnauthenticated: int = 512
+    shutdownGrace: float = 10.0
 
 
 def docker_endpoint(value: str) -> str:

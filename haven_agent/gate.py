@@ -34,8 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -55,6 +53,7 @@ from haven_agent.http_head import (
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
 from haven_agent.throttle import FailureThrottle
+from haven_agent.tls_reload import client_identity
 
 AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
 AUTH_MODES = ("password", "cert", "both")
@@ -327,7 +326,7 @@ class GateProtocol(Protocol):
         """
         mode = self._factory.authMode
         if mode != "password" and self._certificateName is None:
-            self._certificateName = client_certificate_name(self.transport)
+            self._certificateName = client_identity(self.transport)
         if mode == "cert":
             return succeed(self._certificateName)
         checking = self._factory.checker.check(head.first(b"authorization"))
@@ -697,27 +696,3 @@ class GateProtocol(Protocol):
             duration=self._clock.seconds() - record.started,
             hijacked=record.hijacked,
         )
-
-
-def client_certificate_name(transport) -> str | None:
-    """
-    The verified client certificate's common name (or first DNS name), or
-    None without one. The TLS layer has already checked it against the
-    client CA; an unverified certificate never gets this far.
-    """
-    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
-    certificate = getPeerCertificate() if getPeerCertificate is not None else None
-    if certificate is None:
-        return None
-    certificate = certificate.to_cryptography()
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if names:
-        return str(names[0].value)
-    try:
-        extension = certificate.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        )
-    except x509.ExtensionNotFound:
-        return "client certificate"
-    dns = extension.value.get_values_for_type(x509.DNSName)
-    return dns[0] if dns else "client certificate"

@@ -5,13 +5,19 @@ Assembling the Docker API proxy: certificate, TLS, gate, listeners.
 Certificates are loaded (or generated) while the service is built, so a bad
 key stops `twistd` before it daemonises; each listener is a strports service
 so a port that cannot be bound fails start-up instead of being logged and
-forgotten.
+forgotten. SIGHUP reloads the certificate, key and client CA for new
+connections. On stop, listening ends first, then open connections get a
+grace period to finish before they are closed.
 """
 
 from __future__ import annotations
 
+import resource
+from typing import Any
+
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
@@ -20,13 +26,19 @@ from twisted.logger import Logger
 from haven_agent.auth import BasicAuthChecker, is_bcrypt_hash
 from haven_agent.certificates import (
     ServerCertificate,
-    certificate_options,
     load_certificate_files,
+    load_client_ca,
     load_or_create_self_signed,
 )
 from haven_agent.config import ProxyConfig
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.throttle import FailureThrottle
+from haven_agent.tls_reload import (
+    CertificateWatch,
+    ReloadableServerOptions,
+    install_reload_signal,
+)
 
 log = Logger()
 
@@ -36,17 +48,28 @@ class ProxyService(MultiService):
     The TLS listeners of the proxy; says at start-up how to reach and trust it.
     """
 
-    def __init__(self, config: ProxyConfig, certificate: ServerCertificate) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        tls: ReloadableServerOptions,
+        gate: GateFactory,
+        reactor: Any,
+    ) -> None:
         super().__init__()
         self._config = config
-        self._certificate = certificate
+        self._tls = tls
+        self._gate = gate
+        self._reactor = reactor
+        self._restoreSignal = None
 
     def startService(self) -> None:
-        config, certificate = self._config, self._certificate
+        config, certificate = self._config, self._tls.current_certificate
         log.info(
-            "haven-agent serving Docker API from {docker} on {listen} (TLS)",
+            "haven-agent serving Docker API from {docker} on {listen} (TLS, "
+            "auth: {auth})",
             docker=config.docker,
             listen=", ".join(config.listen),
+            auth=config.authMode,
         )
         log.info(
             "TLS certificate {path} ({origin}), SHA-256 fingerprint {fingerprint}",
@@ -54,12 +77,22 @@ class ProxyService(MultiService):
             origin="generated now" if certificate.generated else "loaded",
             fingerprint=certificate.fingerprint,
         )
-        if config.passwordIsDefault:
+        if config.passwordIsDefault and config.authMode != "cert":
             log.warn(
                 "No password configured: the Haven default 'password' applies. "
                 "Set --password, --password-file or dm_auth_adminPassword."
             )
+        raise_file_limit()
         super().startService()
+        self._restoreSignal = install_reload_signal(self._reactor, self._tls)
+
+    def stopService(self) -> Deferred[None]:
+        if self._restoreSignal is not None:
+            self._restoreSignal()
+            self._restoreSignal = None
+        stopping = super().stopService()
+        stopping.addCallback(lambda _: self._gate.closeAll(self._config.shutdownGrace))
+        return stopping
 
 
 class _ForOne(Factory):
@@ -82,13 +115,44 @@ def load_certificate(config: ProxyConfig) -> ServerCertificate:
     return load_or_create_self_signed(config.stateDir, config.serverNames)
 
 
+def load_tls_material(config: ProxyConfig) -> tuple[ServerCertificate, bytes | None]:
+    """
+    The certificate and client CA as they are on disk now: read at start-up
+    and again on every SIGHUP.
+    """
+    clientCA = config.tlsClientCA
+    return load_certificate(config), (
+        load_client_ca(clientCA) if clientCA is not None else None
+    )
+
+
+def raise_file_limit() -> None:
+    """
+    Lift the soft limit on open files to the hard one: each proxied
+    connection holds two descriptors, and the usual soft limit of 1024 would
+    cap the agent near 500 connections, below its own limits.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
-    certificate = load_certificate(config)
+    tls = ReloadableServerOptions(lambda: load_tls_material(config))
     endpoint = clientFromString(reactor, config.docker)
     checker = BasicAuthChecker(
         config.user,
         config.password,
         lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+        readOnly=(
+            (config.readOnlyUser, config.readOnlyPassword)
+            if config.readOnlyPassword is not None
+            else None
+        ),
     )
     gate = GateFactory(
         checker=checker,
@@ -97,13 +161,18 @@ def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
         clock=reactor,
         firstHeadTimeout=config.firstHeadTimeout,
         nextHeadTimeout=config.nextHeadTimeout,
+        authMode=config.authMode,
+        throttle=FailureThrottle(reactor),
+        maxConnections=config.maxConnections,
+        maxUnauthenticated=config.maxUnauthenticated,
     )
-    tls = wrapWithHalfCloseableTLS(
-        certificate_options(certificate), gate, clock=reactor
-    )
-    service = ProxyService(config, certificate)
+    service = ProxyService(config, tls, gate, reactor)
+    CertificateWatch(tls, reactor).setServiceParent(service)
+    wrapped = wrapWithHalfCloseableTLS(tls, gate, clock=reactor)
     for description in config.listen:
-        strports.service(description, tls, reactor=reactor).setServiceParent(service)
+        strports.service(description, wrapped, reactor=reactor).setServiceParent(
+            service
+        )
     if is_bcrypt_hash(config.password):
         log.info("password is a bcrypt hash; each distinct credential is checked once")
     return service

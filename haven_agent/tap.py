@@ -17,6 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet.ssl import Certificate
 from twisted.python import usage
 
+from haven_agent.certificates import CertificateError, load_client_ca
 from haven_agent.config import (
     DEFAULT_DOCKER,
     DEFAULT_INTERVAL,
@@ -29,6 +30,7 @@ from haven_agent.config import (
     listen_endpoint,
     listen_port,
 )
+from haven_agent.gate import AUTH_MODES
 from haven_agent.node_identity import validate_node_name
 
 # Option name -> environment variables read when the option is not given,
@@ -44,6 +46,14 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "state-dir": ("HAVEN_AGENT_STATE_DIR",),
     "server-names": ("HAVEN_AGENT_SERVER_NAMES", "dm_agent_server_names"),
     "head-timeout": ("HAVEN_AGENT_HEAD_TIMEOUT",),
+    "tls-client-ca": ("HAVEN_AGENT_TLS_CLIENT_CA",),
+    "auth": ("HAVEN_AGENT_AUTH",),
+    "readonly-user": ("HAVEN_AGENT_READONLY_USER",),
+    "readonly-password": ("HAVEN_AGENT_READONLY_PASSWORD",),
+    "max-connections": ("HAVEN_AGENT_MAX_CONNECTIONS",),
+    "max-unauthenticated": ("HAVEN_AGENT_MAX_UNAUTHENTICATED",),
+    "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
+    "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
     "secret": ("HAVEN_AGENT_SECRET", "dm_agent_notifier_secret"),
     "interval": ("HAVEN_AGENT_INTERVAL",),
@@ -144,6 +154,62 @@ class Options(usage.Options):
             "[env HAVEN_AGENT_HEAD_TIMEOUT; default 30]",
         ],
         [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM CA whose client certificates are accepted; with it clients must "
+            "present one [env HAVEN_AGENT_TLS_CLIENT_CA]",
+        ],
+        [
+            "auth",
+            None,
+            None,
+            "How clients authenticate: password, cert or both "
+            "[env HAVEN_AGENT_AUTH; default password, or both with --tls-client-ca]",
+        ],
+        [
+            "readonly-user",
+            None,
+            None,
+            "User name of the read-only account (GET and HEAD only) "
+            "[env HAVEN_AGENT_READONLY_USER; default readonly]",
+        ],
+        [
+            "readonly-password",
+            None,
+            None,
+            "Password (or bcrypt hash) of the read-only account; without it "
+            "there is none [env HAVEN_AGENT_READONLY_PASSWORD]",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Most client connections at once; more get 503 "
+            "[env HAVEN_AGENT_MAX_CONNECTIONS; default 10000]",
+        ],
+        [
+            "max-unauthenticated",
+            None,
+            None,
+            "Most connections at once that have not authenticated yet; more get "
+            "503 [env HAVEN_AGENT_MAX_UNAUTHENTICATED; default 512]",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            None,
+            "Seconds open requests get to finish after SIGTERM before they are "
+            "closed [env HAVEN_AGENT_SHUTDOWN_GRACE; default 10]",
+        ],
+        [
+            "log-format",
+            None,
+            None,
+            "text, or json for one JSON object per line on standard output "
+            "[env HAVEN_AGENT_LOG_FORMAT; default text]",
+        ],
+        [
             "master",
             None,
             None,
@@ -229,6 +295,30 @@ class Options(usage.Options):
                 return value
         return None
 
+    def _count(self, name: str, default: int) -> int:
+        value = self._fromEnvironment(name)
+        if value is None:
+            return default
+        if not value.isdigit() or int(value) < 1:
+            raise usage.UsageError(
+                f"--{name} must be a whole number >= 1, not {value!r}"
+            )
+        return int(value)
+
+    def _seconds(self, name: str, default: float, allowZero: bool = False) -> float:
+        value = self._fromEnvironment(name)
+        if value is None:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if seconds < 0 or (seconds == 0 and not allowZero) or seconds != seconds:
+            raise usage.UsageError(
+                f"--{name} must be a number of seconds, not {value!r}"
+            )
+        return seconds
+
     def postOptions(self) -> None:
         listen = tuple(self["listen"])
         if not listen:
@@ -276,12 +366,38 @@ class Options(usage.Options):
                 f"--head-timeout must be a positive number of seconds, not {timeout!r}"
             ) from None
 
+        clientCA = self._fromEnvironment("tls-client-ca")
+        if clientCA is not None:
+            try:
+                load_client_ca(clientCA)
+            except CertificateError as e:
+                raise usage.UsageError(f"--tls-client-ca: {e}") from None
+        authMode = self._fromEnvironment("auth") or (
+            "both" if clientCA is not None else "password"
+        )
+        if authMode not in AUTH_MODES:
+            raise usage.UsageError(
+                f"--auth must be one of {', '.join(AUTH_MODES)}, not {authMode!r}"
+            )
+        if authMode != "password" and clientCA is None:
+            raise usage.UsageError(f"--auth {authMode} needs --tls-client-ca")
+        readOnlyUser = self._fromEnvironment("readonly-user") or "readonly"
+        readOnlyPassword = self._fromEnvironment("readonly-password")
+        user = self._fromEnvironment("user") or "admin"
+        if readOnlyPassword is not None and readOnlyUser == user:
+            raise usage.UsageError("--readonly-user must differ from --user")
+        logFormat = self._fromEnvironment("log-format") or "text"
+        if logFormat not in ("text", "json"):
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {logFormat!r}"
+            )
+        self.logFormat = logFormat
         names = self._fromEnvironment("server-names") or ""
         docker = docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER)
         self.config = ProxyConfig(
             listen=listen,
             docker=docker,
-            user=self._fromEnvironment("user") or "admin",
+            user=user,
             password=password or DEFAULT_PASSWORD,
             passwordIsDefault=not password,
             tlsCert=tlsCert,
@@ -290,6 +406,13 @@ class Options(usage.Options):
             serverNames=tuple(names.replace(",", " ").split()),
             firstHeadTimeout=headTimeout,
             nextHeadTimeout=headTimeout,
+            tlsClientCA=clientCA,
+            authMode=authMode,
+            readOnlyUser=readOnlyUser,
+            readOnlyPassword=readOnlyPassword,
+            maxConnections=self._count("max-connections", 10_000),
+            maxUnauthenticated=self._count("max-unauthenticated", 512),
+            shutdownGrace=self._seconds("shutdown-grace", 10.0, allowZero=True),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
 

@@ -9,7 +9,8 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.python import usage
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from haven_agent.tap import Options, makeService
 
@@ -178,27 +179,41 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(os.stat(state).st_mode & 0o777, 0o700)
 
 
-class StartupLogTests(SynchronousTestCase):
-    def startLogs(self, args) -> str:
+class StartupLogTests(TestCase):
+    @inlineCallbacks
+    def startLogs(self, args):
+        from twisted.internet import reactor
         from twisted.logger import capturedLogs, formatEvent
 
-        from haven_agent.proxy_service import ProxyService, load_certificate
+        from haven_agent.proxy_service import build_proxy_service
 
-        config = parse(["--state-dir", self.mktemp(), *args]).config
-        certificate = load_certificate(config)
+        config = parse(
+            [
+                "--state-dir",
+                self.mktemp(),
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                *args,
+            ]
+        ).config
+        service = build_proxy_service(config, reactor)
         with capturedLogs() as events:
-            ProxyService(config, certificate).startService()
+            service.startService()
+        yield service.stopService()
         text = "\n".join(formatEvent(event) for event in events)
-        self.assertIn(certificate.fingerprint, text)
+        fingerprint = service._tls.current_certificate.fingerprint
+        self.assertIn(fingerprint, text)
         self.assertIn("SHA-256", text)
         return text
 
-    def test_defaultPasswordWarned(self) -> None:
-        text = self.startLogs([])
+    @inlineCallbacks
+    def test_defaultPasswordWarned(self):
+        text = yield self.startLogs([])
         self.assertIn("No password configured", text)
 
-    def test_noWarningWithPassword(self) -> None:
-        text = self.startLogs(["--password", "hunter2"])
+    @inlineCallbacks
+    def test_noWarningWithPassword(self):
+        text = yield self.startLogs(["--password", "hunter2"])
         self.assertNotIn("No password configured", text)
         self.assertNotIn("hunter2", text)
 
@@ -292,3 +307,86 @@ class ReporterOptionsTests(SynchronousTestCase):
             [type(s).__name__ for s in service], ["ProxyService", "NodeReporting"]
         )
         self.assertIsInstance(list(service)[1], NodeReporting)
+
+
+class HardeningOptionsTests(SynchronousTestCase):
+    def caFile(self) -> str:
+        from haven_agent.certificates import load_or_create_self_signed
+
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["ca"], ip_addresses=[]
+        )
+        return certificate.cert_path
+
+    def test_defaults(self) -> None:
+        config = parse().config
+        self.assertEqual(config.authMode, "password")
+        self.assertIsNone(config.tlsClientCA)
+        self.assertIsNone(config.readOnlyPassword)
+        self.assertEqual(config.maxConnections, 10_000)
+        self.assertEqual(config.maxUnauthenticated, 512)
+        self.assertEqual(config.shutdownGrace, 10.0)
+
+    def test_clientCAMeansBothByDefault(self) -> None:
+        ca = self.caFile()
+        self.assertEqual(parse(["--tls-client-ca", ca]).config.authMode, "both")
+        config = parse(["--tls-client-ca", ca, "--auth", "cert"]).config
+        self.assertEqual((config.authMode, config.tlsClientCA), ("cert", ca))
+
+    def test_certNeedsCA(self) -> None:
+        for mode in ["cert", "both"]:
+            with self.assertRaises(usage.UsageError):
+                parse(["--auth", mode])
+        with self.assertRaises(usage.UsageError):
+            parse(["--auth", "token"])
+
+    def test_badClientCA(self) -> None:
+        path = FilePath(self.mktemp())
+        path.setContent(b"nothing")
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(["--tls-client-ca", path.path])
+        self.assertIn(path.path, str(caught.exception))
+
+    def test_readOnlyAccount(self) -> None:
+        config = parse(
+            environ={
+                "HAVEN_AGENT_READONLY_USER": "viewer",
+                "HAVEN_AGENT_READONLY_PASSWORD": "look",
+            }
+        ).config
+        self.assertEqual(
+            (config.readOnlyUser, config.readOnlyPassword), ("viewer", "look")
+        )
+        self.assertNotIn("look", repr(config))
+        with self.assertRaises(usage.UsageError):
+            parse(["--readonly-user", "admin", "--readonly-password", "x"])
+
+    def test_limitsAndGrace(self) -> None:
+        config = parse(
+            [
+                "--max-connections",
+                "100",
+                "--max-unauthenticated",
+                "10",
+                "--shutdown-grace",
+                "0",
+            ]
+        ).config
+        self.assertEqual(
+            (config.maxConnections, config.maxUnauthenticated, config.shutdownGrace),
+            (100, 10, 0.0),
+        )
+        for args in [
+            ["--max-connections", "0"],
+            ["--max-unauthenticated", "x"],
+            ["--shutdown-grace", "-1"],
+            ["--log-format", "xml"],
+        ]:
+            with self.assertRaises(usage.UsageError, msg=args):
+                parse(args)
+
+    def test_logFormat(self) -> None:
+        self.assertEqual(parse().logFormat, "text")
+        self.assertEqual(
+            parse(environ={"HAVEN_AGENT_LOG_FORMAT": "json"}).logFormat, "json"
+        )
