@@ -7,9 +7,9 @@ import os
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import inlineCallbacks
 from twisted.python import usage
 from twisted.python.filepath import FilePath
-from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from haven_agent.tap import Options, makeService
