@@ -25,6 +25,7 @@ first one has not returned, so stuck probes cannot pile up threads.
 from __future__ import annotations
 
 import os
+import stat as stat_module
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -301,18 +302,27 @@ def read_mounts(root: HostRoot, include_network: bool = False) -> list[Mount]:
     return parse_mounts(_read_text(path), include_network)
 
 
-def disk_usage(root: HostRoot, mount: Mount) -> dict[str, int]:
+def disk_usage(root: HostRoot, mount: Mount) -> dict[str, int] | None:
     """
-    C{{"total", "used"}} bytes of one mount (BLOCKING, may hang forever on
-    a dead network mount: run it through L{MountProber}).
+    C{{"total", "used", "device"}} of one mount (BLOCKING, may hang forever
+    on a dead network mount: run it through L{MountProber}); None when the
+    mount point is not a directory.
 
     used counts blocks reserved for root as free space (f_bfree, not
-    f_bavail), like df's used column.
+    f_bavail), like df's used column. device (st_dev) tells bind mounts of
+    the same file system apart from file systems of their own. Files bind
+    mounted over files (a container's /etc/hosts, /run/docker.sock) are no
+    disks.
     """
-    stat = os.statvfs(root.host_path(mount.mountpoint))
+    path = root.host_path(mount.mountpoint)
+    status = os.stat(path)
+    if not stat_module.S_ISDIR(status.st_mode):
+        return None
+    usage = os.statvfs(path)
     return {
-        "total": stat.f_blocks * stat.f_frsize,
-        "used": (stat.f_blocks - stat.f_bfree) * stat.f_frsize,
+        "total": usage.f_blocks * usage.f_frsize,
+        "used": (usage.f_blocks - usage.f_bfree) * usage.f_frsize,
+        "device": status.st_dev,
     }
 
 
@@ -325,20 +335,42 @@ class _ProbeRound:
     order: list[str]
     result: Deferred[tuple[dict[str, dict[str, int]], list[str]]] = field(init=False)
     disks: dict[str, dict[str, int]] = field(factory=dict)
+    devices: dict[str, int] = field(factory=dict)
     stuck: set[str] = field(factory=set)
     waiting: dict[str, IDelayedCall] = field(factory=dict)
+    started: bool = False
     done: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.result = Deferred(self.cancel)
 
     def finish_if_complete(self) -> None:
-        if not self.waiting and not self.done:
+        # Not before every probe is started: one that answers at once must
+        # not end the round without the others.
+        if self.started and not self.waiting and not self.done:
             self.done = True
             stuck = [
                 mountpoint for mountpoint in self.order if mountpoint in self.stuck
             ]
-            self.result.callback((self.disks, stuck))
+            self.result.callback((self._distinct(), stuck))
+
+    def _distinct(self) -> dict[str, dict[str, int]]:
+        """
+        The disks, each file system once: a bind mount of one already listed
+        (dockerd's own --data-root, say) is the first mount again.
+        """
+        seen: set[int] = set()
+        disks = {}
+        for mountpoint in self.order:
+            if mountpoint not in self.disks:
+                continue
+            device = self.devices.get(mountpoint)
+            if device is not None:
+                if device in seen:
+                    continue
+                seen.add(device)
+            disks[mountpoint] = self.disks[mountpoint]
+        return disks
 
     def cancel(self, result: Deferred[Any]) -> None:
         # The threads cannot be stopped; their busy marks clear when they
@@ -399,6 +431,7 @@ class MountProber:
                 round_.stuck.add(mountpoint)
                 continue
             self._start(round_, root, mount)
+        round_.started = True
         round_.finish_if_complete()
         return round_.result
 
@@ -434,13 +467,16 @@ class MountProber:
         return False
 
     def _answered(
-        self, usage: dict[str, int], round_: _ProbeRound, mountpoint: str
+        self, usage: dict[str, int] | None, round_: _ProbeRound, mountpoint: str
     ) -> None:
         if not self._returned(round_, mountpoint):
             return
         if self._failing.pop(mountpoint, None) is not None:
             log.info("mount {mountpoint} can be measured again", mountpoint=mountpoint)
-        round_.disks[mountpoint] = {"used": usage["used"], "total": usage["total"]}
+        if usage is not None:
+            round_.disks[mountpoint] = {"used": usage["used"], "total": usage["total"]}
+            if usage.get("device") is not None:
+                round_.devices[mountpoint] = usage["device"]
         round_.finish_if_complete()
 
     def _failed(self, failure: Failure, round_: _ProbeRound, mountpoint: str) -> None:

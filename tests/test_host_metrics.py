@@ -640,3 +640,51 @@ class RealMachineTests(SynchronousTestCase):
         usage = disk_usage(HostRoot("/"), Mount("rootfs", "/", "any"))
         self.assertGreater(usage["total"], 0)
         self.assertTrue(0 <= usage["used"] <= usage["total"], usage)
+
+
+class DistinctDiskTests(SynchronousTestCase):
+    """
+    File bind mounts are no disks, bind mounts of a listed file system are
+    not listed twice, and a probe answering at once does not end the round.
+    """
+
+    def probe(self, usages):
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        mounts = [Mount("/dev/x", mountpoint, "ext4") for mountpoint in usages]
+        prober = MountProber(
+            Clock(),
+            lambda f, *a: succeed(f(*a)),
+            usage=lambda root, mount: usages[mount.mountpoint],
+        )
+        return self.successResultOf(prober.probe(HostRoot("/"), mounts))
+
+    def test_synchronousAnswersAllCounted(self) -> None:
+        disks, stuck = self.probe(
+            {"/": {"used": 1, "total": 2}, "/data": {"used": 3, "total": 4}}
+        )
+        self.assertEqual(list(disks), ["/", "/data"])
+        self.assertEqual(stuck, [])
+
+    def test_sameDeviceOnce(self) -> None:
+        disks, _ = self.probe(
+            {
+                "/": {"used": 1, "total": 2, "device": 7},
+                "/srv/docker-data": {"used": 1, "total": 2, "device": 7},
+                "/data": {"used": 3, "total": 4, "device": 8},
+            }
+        )
+        self.assertEqual(
+            disks, {"/": {"used": 1, "total": 2}, "/data": {"used": 3, "total": 4}}
+        )
+
+    def test_filesAreNoDisks(self) -> None:
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "etc"))
+        with open(os.path.join(base, "etc", "hosts"), "w") as f:
+            f.write("127.0.0.1 localhost\n")
+        root = HostRoot(base)
+        self.assertIsNone(disk_usage(root, Mount("/dev/x", "/etc/hosts", "ext4")))
+        directory = disk_usage(root, Mount("/dev/x", "/etc", "ext4"))
+        self.assertEqual(directory["device"], os.stat(base).st_dev)
