@@ -44,7 +44,9 @@ class ProxyConfig:
     readOnlyPassword: str | None = field(default=None, repr=False)
     maxConnections: int = 10_000
     maxUnauthenticated: int = 512
-    shutdownGrace: float = 10.0
+    # Below docker stop's 10 s, so the agent closes its streams (the
+    # master's /events never ends) before it would be killed.
+    shutdownGrace: float = 5.0
 
 
 def docker_endpoint(value: str) -> str:

@@ -403,7 +403,11 @@ class GateProtocol(Protocol):
         self._finishRequest("done")
         record = RequestRecord.of(head, None, self._clock.seconds())
         record.bytesOut = len(response)
-        self._logRequest(record, "health: docker " + ("up" if dockerUp else "down"))
+        # Health checks come every few seconds: keep them out of the access
+        # log unless asked for.
+        self._logRequest(
+            record, "health: docker " + ("up" if dockerUp else "down"), log.debug
+        )
         self._answerLast(response)
 
     def _connectDocker(self, head: RequestHead, framing: Framing, user: str) -> None:
@@ -542,6 +546,8 @@ class GateProtocol(Protocol):
         """
         self._discarding = True
         self._cancelTimer()
+        self._firstToClose = self._firstToClose or "the agent, stopping"
+        self._finishRequest("closed by the agent, stopping")
         self.transport.unregisterProducer()
         self._closeDocker()
         self.transport.loseConnection()
@@ -681,8 +687,8 @@ class GateProtocol(Protocol):
                 outcome = f"stream closed, first by {self._firstToClose or outcome}"
             self._logRequest(record, outcome)
 
-    def _logRequest(self, record: RequestRecord, outcome: str) -> None:
-        log.info(
+    def _logRequest(self, record: RequestRecord, outcome: str, emit=None) -> None:
+        (emit or log.info)(
             "{peer} {user} {method} {path}: {outcome}; {bytesIn} bytes in, "
             "{bytesOut} bytes out, {duration:.3f} s",
             peer=self._peer,

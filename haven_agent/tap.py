@@ -200,7 +200,7 @@ class Options(usage.Options):
             None,
             None,
             "Seconds open requests get to finish after SIGTERM before they are "
-            "closed [env HAVEN_AGENT_SHUTDOWN_GRACE; default 10]",
+            "closed [env HAVEN_AGENT_SHUTDOWN_GRACE; default 5]",
         ],
         [
             "log-format",
@@ -412,7 +412,7 @@ class Options(usage.Options):
             readOnlyPassword=readOnlyPassword,
             maxConnections=self._count("max-connections", 10_000),
             maxUnauthenticated=self._count("max-unauthenticated", 512),
-            shutdownGrace=self._seconds("shutdown-grace", 10.0, allowZero=True),
+            shutdownGrace=self._seconds("shutdown-grace", 5.0, allowZero=True),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
 
@@ -484,4 +484,8 @@ def makeService(options: Options) -> MultiService:
     agent = MultiService()
     build_proxy_service(options.config, reactor).setServiceParent(agent)
     NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
+    if options.logFormat == "json":
+        from haven_agent.json_log import use_json_logging
+
+        return use_json_logging(agent)
     return agent

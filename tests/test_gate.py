@@ -809,6 +809,15 @@ class ShutdownTests(SynchronousTestCase):
         h.clock.advance(1)
         self.successResultOf(done)
 
+    def test_closedStreamLoggedAsSuch(self) -> None:
+        h = GateHarness(self)
+        h.send(get(b"/events"))
+        h.acceptDocker()
+        with capturedLogs() as events:
+            h.protocol.shutDown()
+        outcomes = [e["outcome"] for e in events if "outcome" in e]
+        self.assertEqual(outcomes, ["closed by the agent, stopping"])
+
     def test_nothingOpen(self) -> None:
         h = GateHarness(self)
         h.protocol.connectionLost(None)

@@ -325,7 +325,7 @@ class HardeningOptionsTests(SynchronousTestCase):
         self.assertIsNone(config.readOnlyPassword)
         self.assertEqual(config.maxConnections, 10_000)
         self.assertEqual(config.maxUnauthenticated, 512)
-        self.assertEqual(config.shutdownGrace, 10.0)
+        self.assertEqual(config.shutdownGrace, 5.0)
 
     def test_clientCAMeansBothByDefault(self) -> None:
         ca = self.caFile()

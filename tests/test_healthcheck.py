@@ -1,0 +1,64 @@
+"""
+Tests for L{haven_agent.healthcheck}, against the real proxy on a real port.
+"""
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from haven_agent.healthcheck import ask, target
+from haven_agent.proxy_service import build_proxy_service
+from haven_agent.tap import Options
+from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
+
+
+class TargetTests(SynchronousTestCase):
+    def test_targets(self) -> None:
+        self.assertEqual(target("tcp:8771"), ("127.0.0.1", 8771))
+        self.assertEqual(target("tcp:9000:interface=10.0.0.5"), ("10.0.0.5", 9000))
+        self.assertEqual(target("tcp:port=9001:interface=0.0.0.0"), ("127.0.0.1", 9001))
+
+
+class AskTests(TestCase):
+    def agent(self, dockerPath) -> int:
+        options = Options(environ={})
+        options.parseOptions(
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--docker",
+                dockerPath,
+                "--state-dir",
+                self.mktemp(),
+                "--password",
+                "pw",
+            ]
+        )
+        service = build_proxy_service(options.config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        listener = [s for s in service if hasattr(s, "_waitingForPort")][0]
+        # Listening on TCP is synchronous; read the port without taking the
+        # result away from stopService, which needs it.
+        return listener._waitingForPort.result.getHost().port
+
+    @inlineCallbacks
+    def test_healthyWithDockerd(self):
+        path = short_socket_path()
+        self.addCleanup(os.rmdir, os.path.dirname(path))
+        listening = reactor.listenUNIX(path, FakeDockerdFactory())
+        self.addCleanup(listening.stopListening)
+        port = self.agent(path)
+        healthy, said = yield deferToThread(ask, "127.0.0.1", port)
+        self.assertTrue(healthy, said)
+        self.assertEqual(said, '{"status": "ok", "docker": "up"}')
+
+    @inlineCallbacks
+    def test_unhealthyWithoutDockerd(self):
+        port = self.agent("/nonexistent/docker.sock")
+        healthy, said = yield deferToThread(ask, "127.0.0.1", port)
+        self.assertFalse(healthy)
+        self.assertIn('"docker": "down"', said)
