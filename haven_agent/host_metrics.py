@@ -25,8 +25,8 @@ first one has not returned, so stuck probes cannot pile up threads.
 from __future__ import annotations
 
 import os
-import stat as stat_module
 import re
+import stat as stat_module
 from collections.abc import Callable, Iterable
 from typing import Any
 
