@@ -10,6 +10,8 @@ read as they are, so an existing start string needs no edit.
 
 from __future__ import annotations
 
+import re
+
 from attrs import field, frozen
 
 DEFAULT_PORT = 8771
@@ -49,12 +51,26 @@ class ProxyConfig:
     shutdownGrace: float = 5.0
 
 
+UNIX_PATH_MAX = 107
+
+
 def docker_endpoint(value: str) -> str:
     """
     A client endpoint description for dockerd; a bare path means a UNIX socket.
+
+    @raise ValueError: for a UNIX socket path longer than the kernel accepts,
+        which would otherwise fail every connection attempt.
     """
     if value.startswith("/"):
-        return "unix:" + value.replace("\\", "\\\\").replace(":", "\\:")
+        value = "unix:" + value.replace("\\", "\\\\").replace(":", "\\:")
+    if value.startswith("unix:"):
+        path = re.split(r"(?<!\\):", value[len("unix:") :])[0]
+        path = path.removeprefix("path=").replace("\\:", ":").replace("\\\\", "\\")
+        if len(path.encode("utf-8")) > UNIX_PATH_MAX:
+            raise ValueError(
+                f"the Docker socket path {path} is {len(path.encode())} bytes long; "
+                f"UNIX socket paths can have at most {UNIX_PATH_MAX}"
+            )
     return value
 
 

@@ -144,6 +144,7 @@ class RequestRecord:
     user: str | None
     started: float
     auth: str = "-"
+    certificate: str | None = None
     bytesIn: int = 0
     bytesOut: int = 0
     hijacked: bool = False
@@ -242,6 +243,14 @@ class GateProtocol(Protocol):
         pass
 
     def connectionLost(self, reason=None) -> None:
+        if not self._requests and not self._discarding:
+            # Nothing else will say this connection existed: a failed TLS
+            # handshake, garbage, plain HTTP, or a client that just left.
+            log.info(
+                "{peer}: closed before any request ({why})",
+                peer=self._peer,
+                why=reason.getErrorMessage() if reason is not None else "closed",
+            )
         self._finished = True
         self._factory.connections.discard(self)
         if not self._authenticated:
@@ -450,6 +459,7 @@ class GateProtocol(Protocol):
         self._requests += 1
         self._request = RequestRecord.of(head, user, self._clock.seconds())
         self._request.auth = self._authMethod()
+        self._request.certificate = self._certificateName
         self._toDocker(head.raw)
         if head.hijacks and pipelined:
             # Which answer is whose would need dockerd's replies parsed:
@@ -694,6 +704,7 @@ class GateProtocol(Protocol):
             peer=self._peer,
             user=record.user or "-",
             auth=record.auth,
+            certificate=record.certificate,
             method=record.method,
             path=record.path,
             outcome=outcome,

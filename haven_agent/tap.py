@@ -393,7 +393,10 @@ class Options(usage.Options):
             )
         self.logFormat = logFormat
         names = self._fromEnvironment("server-names") or ""
-        docker = docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER)
+        try:
+            docker = docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER)
+        except ValueError as e:
+            raise usage.UsageError(f"--docker: {e}") from None
         self.config = ProxyConfig(
             listen=listen,
             docker=docker,

@@ -100,6 +100,17 @@ class ValueTests(SynchronousTestCase):
             parse(["--docker", "/run/a:b.sock"]).config.docker, "unix:/run/a\\:b.sock"
         )
 
+    def test_dockerSocketPathTooLong(self) -> None:
+        longPath = "/tmp/" + "x" * 120 + ".sock"
+        for value in [longPath, "unix:" + longPath, "unix:path=" + longPath]:
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(["--docker", value])
+            self.assertIn("at most 107", str(caught.exception))
+        self.assertEqual(
+            parse(["--docker", "unix:/run/docker.sock:timeout=5"]).config.docker,
+            "unix:/run/docker.sock:timeout=5",
+        )
+
     def test_passwordFile(self) -> None:
         path = FilePath(self.mktemp())
         path.setContent(b"from-file\n")
