@@ -166,10 +166,8 @@ class DockerAPITests(TestCase):
         running = self.serve()
         running.fake.info_mode = "hang"
         api = self.client(running.description, timeout=0.5)
-        started = reactor.seconds()
         text = await self.failure_text(api.info())
         self.assertIn("did not answer GET /info within 0.5 s", text)
-        self.assertGreaterEqual(reactor.seconds() - started, 0.45)
         # The timed-out request's connection is dropped, not left waiting.
         await wait_until(lambda: running.open_connections == 0)
 
