@@ -213,6 +213,7 @@ class AgentProcess:
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self._cli_configs: dict[str, str] = {}
+        self._cli_configs_as: dict[str | None, str] = {}
         #: seconds from spawn to the first successful TLS handshake
         self.start_seconds: float | None = None
 
@@ -425,3 +426,176 @@ class AgentProcess:
         client.api.trust_env = False
         client.api.headers["Authorization"] = self.authorization(password)
         return client
+
+    # -- additions: logs on stdout, client certificates ------------------
+
+    def read_stdio(self, offset: int = 0) -> str:
+        """The agent's stdout/stderr from byte `offset` on (JSON log lines go
+        there with --log-format json)."""
+        try:
+            with open(self.stdio_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stdio_size(self) -> int:
+        try:
+            return os.path.getsize(self.stdio_path)
+        except OSError:
+            return 0
+
+    def cli_env_and_args_as(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        cert_path: str | None = None,
+        key_path: str | None = None,
+    ) -> tuple[dict[str, str], list[str]]:
+        """(env, args) for `docker *args ...` as any user, with or without a
+        client certificate.
+
+        Like `docker_cli_env_and_args`, but the config directory carries the
+        Authorization header of `user` (default `self.user`) and `password`,
+        or, with `password=None`, no credentials at all (`{}`); and
+        `--tlscert`/`--tlskey` are added when `cert_path`/`key_path` are
+        given.
+        """
+        env = clean_docker_env()
+        env["DOCKER_CERT_PATH"] = self.cli_cert_dir
+        if password is None:
+            authorization = None
+        else:
+            authorization = basic_auth(user or self.user, password)
+        configs = self._cli_configs_as
+        if authorization not in configs:
+            path = tempfile.mkdtemp(prefix="cli-as-", dir=self.tmpdir)
+            content = (
+                {"HttpHeaders": {"Authorization": authorization}}
+                if authorization is not None
+                else {}
+            )
+            with open(os.path.join(path, "config.json"), "w") as f:
+                json.dump(content, f)
+            configs[authorization] = path
+        args = [
+            "--config",
+            configs[authorization],
+            "-H",
+            self.host_url,
+            "--tlsverify",
+            "--tlscacert",
+            os.path.join(self.cli_cert_dir, "ca.pem"),
+        ]
+        if cert_path is not None:
+            args += ["--tlscert", cert_path]
+        if key_path is not None:
+            args += ["--tlskey", key_path]
+        return env, args
+
+
+# -- additions for the hardening tests (mutual TLS, logs on stdout) ---------
+
+
+def make_ca(
+    directory: str, name: str = "haven-agent test client CA"
+) -> tuple[str, str]:
+    """Write a throwaway CA (EC P-256) into `directory`.
+
+    Returns (ca_cert_path, ca_key_path); file names are derived from `name`
+    so several CAs can share a directory.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haven-agent tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    stem = "".join(c if c.isalnum() else "-" for c in name)
+    cert_path = os.path.join(directory, f"{stem}-ca.pem")
+    key_path = os.path.join(directory, f"{stem}-ca-key.pem")
+    _write_cert_and_key(cert, key, cert_path, key_path)
+    return cert_path, key_path
+
+
+def make_client_certificate(
+    directory: str, ca_cert_path: str, ca_key_path: str, common_name: str
+) -> tuple[str, str]:
+    """A client certificate (EC P-256, clientAuth) for `common_name`.
+
+    Signed by the CA in `ca_cert_path`/`ca_key_path`.  Returns
+    (cert_path, key_path), written into `directory` as
+    `<common_name>-cert.pem` / `<common_name>-key.pem` (a suffix is added if
+    those names are taken).
+    """
+    with open(ca_cert_path, "rb") as f:
+        ca_cert = x509.load_pem_x509_certificate(f.read())
+    with open(ca_key_path, "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), password=None)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_ski.value
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    stem = "".join(c if c.isalnum() else "-" for c in common_name)
+    cert_path = os.path.join(directory, f"{stem}-cert.pem")
+    n = 1
+    while os.path.exists(cert_path):
+        n += 1
+        cert_path = os.path.join(directory, f"{stem}-{n}-cert.pem")
+    key_path = cert_path[: -len("-cert.pem")] + "-key.pem"
+    _write_cert_and_key(cert, key, cert_path, key_path)
+    return cert_path, key_path
+
+
+def _write_cert_and_key(cert, key, cert_path: str, key_path: str) -> None:
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+__all__ += ["make_ca", "make_client_certificate"]
