@@ -64,16 +64,6 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
 }
 
 
-def _positive(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number of seconds")
-    return number
-
-
-_positive.coerceDoc = "Seconds, > 0."  # type: ignore[attr-defined]
-
-
 class Options(usage.Options):
     """
     Options of `twistd haven-agent`; see `--help`.
@@ -358,13 +348,7 @@ class Options(usage.Options):
         if (tlsCert is None) != (tlsKey is None):
             raise usage.UsageError("--tls-cert and --tls-key go together")
 
-        timeout = self._fromEnvironment("head-timeout")
-        try:
-            headTimeout = _positive(timeout) if timeout is not None else 30.0
-        except ValueError:
-            raise usage.UsageError(
-                f"--head-timeout must be a positive number of seconds, not {timeout!r}"
-            ) from None
+        headTimeout = self._seconds("head-timeout", 30.0)
 
         clientCA = self._fromEnvironment("tls-client-ca")
         if clientCA is not None:
@@ -425,13 +409,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--master must be an http:// or https:// URL, not {master!r}"
             )
-        interval = self._fromEnvironment("interval")
-        try:
-            seconds = _positive(interval) if interval is not None else DEFAULT_INTERVAL
-        except ValueError:
-            raise usage.UsageError(
-                f"--interval must be a positive number of seconds, not {interval!r}"
-            ) from None
+        seconds = self._seconds("interval", DEFAULT_INTERVAL)
         nodeName = self._fromEnvironment("node-name")
         if nodeName is not None:
             try:
