@@ -93,22 +93,26 @@ class ChunkedBody:
                 return position
             else:
                 newline = data.find(b"\n", position)
+                end = size if newline < 0 else newline
+                self._checkLineLength(position, end)
                 if newline < 0:
                     self._line += data[position:]
-                    self._checkLineLength(size)
                     return size
                 line = self._line + data[position:newline]
                 self._line = b""
                 position = newline + 1
-                self._checkLineLength(position, line)
                 self._lineComplete(line.rstrip(b"\r"), position)
         return position
 
-    def _checkLineLength(self, end: int, line: bytes | None = None) -> None:
-        length = len(self._line if line is None else line)
+    def _checkLineLength(self, start: int, end: int) -> None:
+        """
+        Refuse a line that outgrows its bound, at the byte where it does: the
+        same stream offset however the bytes were cut into reads.
+        """
         limit = MAX_TRAILERS if self._state == _TRAILER else MAX_CHUNK_LINE
-        if length > limit:
-            raise FramingError("chunk line too long", end)
+        prior = len(self._line)
+        if prior + (end - start) > limit:
+            raise FramingError("chunk line too long", start + limit + 1 - prior)
 
     def _lineComplete(self, line: bytes, end: int) -> None:
         state = self._state

@@ -103,3 +103,19 @@ class ChunkedBodyTests(SynchronousTestCase):
         with self.assertRaises(FramingError):
             for _ in range(100):
                 body.feed(b"X-T: " + b"t" * 1000 + b"\r\n")
+
+    def test_overlongLineRefusedAtTheSameOffsetHoweverCut(self) -> None:
+        """
+        The bytes forwarded before a refusal do not depend on how the
+        stream was cut into reads.
+        """
+        stream = b"X-Huge: " + b"a" * (2 * MAX_CHUNK_LINE) + b"\r\n"
+        offsets = set()
+        for cut in [1, 100, MAX_CHUNK_LINE - 3, MAX_CHUNK_LINE + 7, len(stream)]:
+            body, pieceStart = ChunkedBody(), 0
+            with self.assertRaises(FramingError) as caught:
+                for piece in (stream[:cut], stream[cut:]):
+                    body.feed(piece)
+                    pieceStart += len(piece)
+            offsets.add(pieceStart + caught.exception.end)
+        self.assertEqual(offsets, {MAX_CHUNK_LINE + 1})
