@@ -17,6 +17,7 @@ would let a proxy and a server disagree about where a request ends.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from urllib.parse import unquote_to_bytes
 
 from attrs import frozen
@@ -64,6 +65,11 @@ class RequestHead:
 
     Header names are lower-cased and values stripped of surrounding
     whitespace in `headers`; `raw` is what is forwarded.
+
+    `path`, `apiPath`, `framing` and `hijacks` are computed on first use and
+    remembered (the gate asks for each more than once per request, and the
+    head is immutable); a `framing` that raises is not remembered, so it
+    raises again on every access.
     """
 
     raw: bytes
@@ -84,7 +90,7 @@ class RequestHead:
                 return value
         return None
 
-    @property
+    @cached_property
     def path(self) -> bytes:
         """
         The target's path, without query, percent-decoded and normalised
@@ -98,18 +104,18 @@ class RequestHead:
         decoded = unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
         return normalize_path(decoded)
 
-    @property
+    @cached_property
     def apiPath(self) -> bytes:
         """
         L{path} without a leading C{/vX.Y} API version.
         """
         return _API_PREFIX.sub(b"", self.path, count=1)
 
-    @property
+    @cached_property
     def framing(self) -> Framing:
         return _framing(self)
 
-    @property
+    @cached_property
     def hijacks(self) -> bool:
         """
         May dockerd turn this connection into a raw two-way stream?
@@ -188,14 +194,16 @@ def parse_head(raw: bytes) -> RequestHead:
     if not (target.startswith((b"/", b"http://", b"https://")) or target == b"*"):
         raise HeadError(400, "malformed request target")
     headers = []
+    # Bound once: this loop runs for every header of every request.
+    isToken, badValueByte, append = _TOKEN.match, _BAD_VALUE_BYTE.search, headers.append
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.match(name) is None:
+        if not colon or isToken(name) is None:
             raise HeadError(400, "malformed header line")
         value = value.strip(b" \t")
-        if _BAD_VALUE_BYTE.search(value):
+        if badValueByte(value):
             raise HeadError(400, "invalid character in a header value")
-        headers.append((name.lower(), value))
+        append((name.lower(), value))
     return RequestHead(raw, method, target, version, tuple(headers))
 
 
@@ -228,8 +236,23 @@ class HeadReader:
             is malformed.
         """
         buffer = self._buffer
+        if not buffer:
+            # The usual case: a whole head in one read. Look for its end in
+            # C{data} itself rather than copying it into the buffer and out.
+            data = data.lstrip(b"\r\n")
+            end = _HEAD_END.search(data)
+            if end is not None:
+                stop = end.end()
+                if stop > self._limit:
+                    buffer += data  # as the general path leaves it
+                    raise HeadError(431, "request head larger than 64 KiB")
+                return parse_head(data[:stop]), data[stop:]
+            buffer += data
+            if len(buffer) > self._limit:
+                raise HeadError(431, "request head larger than 64 KiB")
+            return None, b""
         searchFrom = max(0, len(buffer) - 3)
-        buffer += data if buffer else data.lstrip(b"\r\n")
+        buffer += data
         end = _HEAD_END.search(buffer, searchFrom)
         if end is None:
             if len(buffer) > self._limit:
