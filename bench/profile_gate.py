@@ -50,7 +50,8 @@ from haven_agent.gate import GateFactory  # noqa: E402
 AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
 # What the docker CLI sends for `docker version`'s ping, near enough.
 PING = (
-    b"GET /_ping HTTP/1.1\r\nHost: docker\r\nUser-Agent: Docker-Client/26.1.5 (linux)\r\n"
+    b"GET /_ping HTTP/1.1\r\nHost: docker\r\n"
+    b"User-Agent: Docker-Client/26.1.5 (linux)\r\n"
     + AUTH
     + b"\r\n"
 )

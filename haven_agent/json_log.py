@@ -49,7 +49,8 @@ class JSONLinesObserver:
     Writes each event to C{out} as one line of JSON, and flushes.
 
     It never raises: a field that cannot be converted is written as its
-    C{repr()}, and an event that cannot be written at all is dropped.
+    C{repr()}, an event that cannot be converted at all still gives a line
+    saying so, and a line that cannot be written is dropped.
     """
 
     def __init__(self, out: IO[str]) -> None:
@@ -85,9 +86,9 @@ def event_line(event: dict[str, Any]) -> str:
         "namespace": _safe(event.get("log_namespace", "-")),
         "text": _text(event),
     }
-    system = event.get("log_system", event.get("system"))
+    system = _safe(event.get("log_system", event.get("system")))
     if system is not None and system != "-":
-        record["system"] = _safe(system)
+        record["system"] = system
     failure = _failure(event)
     if failure is not None:
         record["failure"] = failure
@@ -159,7 +160,7 @@ def _timestamp(when: Any) -> str:
     """
     try:
         milliseconds = int(math.floor(float(when) * 1000))
-    except (TypeError, ValueError, OverflowError):
+    except Exception:
         milliseconds = int(time.time() * 1000)
     try:
         moment = datetime.fromtimestamp(milliseconds // 1000, UTC)

@@ -301,9 +301,7 @@ class LegacyTests(SynchronousTestCase):
         except ZeroDivisionError:
             self.legacy.msg(failure=Failure(), why="while dividing", isError=1)
         [line] = self.c.lines()
-        self.assertEqual(
-            list(line), ["time", "level", "namespace", "text", "failure"]
-        )
+        self.assertEqual(list(line), ["time", "level", "namespace", "text", "failure"])
         self.assertEqual(line["level"], "critical")
         self.assertEqual(line["text"], "while dividing")
         self.assertIn("ZeroDivisionError", line["failure"])
@@ -315,9 +313,7 @@ class LegacyTests(SynchronousTestCase):
         C{failure} to the shared event; none of it is repeated.
         """
         seen = []
-        publisher = LogPublisher(
-            LegacyLogObserverWrapper(seen.append), self.c.observer
-        )
+        publisher = LogPublisher(LegacyLogObserverWrapper(seen.append), self.c.observer)
         log = Logger(namespace="haven_agent.gate", observer=publisher)
         log.info("plain {n}", n=1)
         try:
