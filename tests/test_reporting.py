@@ -253,3 +253,35 @@ class ReportingTests(TestCase):
         report = yield master.next_report()
         self.assertEqual(report.code, 200)
         self.assertEqual(report.json()["name"], "node-1")
+
+    @inlineCallbacks
+    def test_masterAnsweringGarbage(self):
+        """
+        A master that answers bytes that are not HTTP: the report counts as
+        failed and is retried, with the failure logged, and nothing raises.
+        """
+        from twisted.internet.protocol import Factory, Protocol
+
+        from haven_agent.reporter import ReporterService
+
+        class Garbage(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(b"\x00garbage, not HTTP\r\n\r\n")
+                self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Garbage), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        with capturedLogs() as events:
+            service = self.start(self.config(master=url))
+            for _ in range(100):
+                reporters = [s for s in service if isinstance(s, ReporterService)]
+                if reporters and reporters[0].consecutive_failures:
+                    break
+                yield deferLater(reactor, 0.1, lambda: None)
+        self.assertGreaterEqual(reporters[0].consecutive_failures, 1)
+        self.assertEqual([e for e in events if e.get("log_failure")], [])
+        self.assertTrue(
+            any(url in formatEvent(e) for e in events),
+            [formatEvent(e) for e in events],
+        )
