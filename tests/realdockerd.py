@@ -183,17 +183,12 @@ class RealDockerd:
             )
         return dockerd
 
-    def start(self) -> RealDockerd:
-        dockerd = self.check_capabilities()
-        self.tmpdir = tempfile.mkdtemp(prefix="hvd-", dir="/tmp")
-        self.socket_path = os.path.join(self.tmpdir, "d.sock")
-        self.log_path = os.path.join(self.tmpdir, "dockerd.log")
-        self.pidfile = os.path.join(self.tmpdir, "d.pid")
-        self.config_dir = os.path.join(self.tmpdir, "cli")
-        os.mkdir(self.config_dir)
-        with open(os.path.join(self.config_dir, "config.json"), "w") as f:
-            f.write("{}\n")
-        argv = [
+    def dockerd_argv(self, dockerd: str) -> list[str]:
+        """
+        The private daemon's command line: its own socket, roots and pidfile,
+        no iptables and no bridge, so nothing collides with another dockerd.
+        """
+        return [
             dockerd,
             "-H",
             self.host,
@@ -206,6 +201,18 @@ class RealDockerd:
             "--iptables=false",
             "--bridge=none",
         ]
+
+    def start(self) -> RealDockerd:
+        dockerd = self.check_capabilities()
+        self.tmpdir = tempfile.mkdtemp(prefix="hvd-", dir="/tmp")
+        self.socket_path = os.path.join(self.tmpdir, "d.sock")
+        self.log_path = os.path.join(self.tmpdir, "dockerd.log")
+        self.pidfile = os.path.join(self.tmpdir, "d.pid")
+        self.config_dir = os.path.join(self.tmpdir, "cli")
+        os.mkdir(self.config_dir)
+        with open(os.path.join(self.config_dir, "config.json"), "w") as f:
+            f.write("{}\n")
+        argv = self.dockerd_argv(dockerd)
         self._log_file = open(self.log_path, "ab")
         started = time.monotonic()
         try:

@@ -93,19 +93,7 @@ class RestartableDockerd(RealDockerd):
     """
 
     def _argv(self) -> list[str]:
-        return [
-            self.check_capabilities(),
-            "-H",
-            self.host,
-            "--data-root",
-            os.path.join(self.tmpdir, "data"),
-            "--exec-root",
-            os.path.join(self.tmpdir, "exec"),
-            "--pidfile",
-            self.pidfile,
-            "--iptables=false",
-            "--bridge=none",
-        ]
+        return self.dockerd_argv(self.check_capabilities())
 
     def is_up(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -629,7 +617,6 @@ class MutualTLSTests(HardeningCase):
             )
 
 
-
 # -- 2. the read-only account -------------------------------------------------
 
 
@@ -847,7 +834,6 @@ class HealthTests(HardeningCase):
         self.assertEqual(code, b"502", f"curl: {proc.stderr!r}")
         self.assertJSONMessage(body, long_path)
         self.assertNotRegex(self.agent_output(agent), AGENT_LOG_PROBLEMS)
-
 
 
 # -- 4. password guessing ----------------------------------------------------
@@ -1228,7 +1214,6 @@ class HostileInputTests(HardeningCase):
                 f"nothing logged about the connection from port {port}:\n"
                 f"{_tail(self.agent_output(self.agent))}",
             )
-
 
 
 class ConnectionLimitTests(HardeningCase):
