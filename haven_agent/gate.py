@@ -303,7 +303,9 @@ class GateProtocol(Protocol):
                     self._refuse(error.status, error.message, None, None)
                     return
                 if head is None:
-                    if timeNextHead:
+                    # Only once a head has begun: empty lines between
+                    # requests are skipped, and a stream must not time out.
+                    if timeNextHead and self._reader.started:
                         self._startTimer(self._factory.nextHeadTimeout)
                     return
                 if self._timer is not None:
