@@ -56,16 +56,20 @@ UNIX_PATH_MAX = 107
 
 def docker_endpoint(value: str) -> str:
     """
-    A client endpoint description for dockerd; a bare path means a UNIX socket.
+    A client endpoint description for dockerd: C{unix:...} and C{tcp:...}
+    as given; a bare path means a UNIX socket, with the characters that mean
+    something in a description (backslash, C{:} and C{=}) escaped.
 
     @raise ValueError: for a UNIX socket path longer than the kernel accepts,
         which would otherwise fail every connection attempt.
     """
     if value.startswith("/"):
-        value = "unix:" + value.replace("\\", "\\\\").replace(":", "\\:")
+        escaped = value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+        value = "unix:" + escaped
     if value.startswith("unix:"):
         path = re.split(r"(?<!\\):", value[len("unix:") :])[0]
-        path = path.removeprefix("path=").replace("\\:", ":").replace("\\\\", "\\")
+        path = path.removeprefix("path=")
+        path = path.replace("\\:", ":").replace("\\=", "=").replace("\\\\", "\\")
         if len(path.encode("utf-8")) > UNIX_PATH_MAX:
             raise ValueError(
                 f"the Docker socket path {path} is {len(path.encode())} bytes long; "

@@ -54,6 +54,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from haven_agent.backoff import backoff_delay
+from haven_agent.config import docker_endpoint
 from haven_agent.http_pool import quiet_pool
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "DockerEventWatcher",
     "DockerUnavailable",
     "EVENT_FILTERS",
-    "endpoint_description",
 ]
 
 log = Logger()
@@ -83,21 +83,6 @@ class DockerUnavailable(Exception):
     """
     dockerd could not be asked, or did not answer usefully; the text says why.
     """
-
-
-def endpoint_description(docker: str) -> str:
-    """
-    An endpoint description for dockerd's address.
-
-    C{unix:/var/run/docker.sock} and C{tcp:host:port} are used as given; a
-    bare absolute path (what C{DOCKER_HOST} users tend to type, minus the
-    scheme) becomes a C{unix:} description, with the characters that mean
-    something in a description (backslash, C{:} and C{=}) escaped.
-    """
-    if docker.startswith("/"):
-        escaped = docker.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-        return "unix:" + escaped
-    return docker
 
 
 @implementer(IAgentEndpointFactory)
@@ -208,7 +193,7 @@ class DockerAPI:
     _http: HTTPClient = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        description = endpoint_description(self._endpoint_description)
+        description = docker_endpoint(self._endpoint_description)
         endpoint = clientFromString(self._reactor, description)
         # Persistent: one report a minute reuses one connection. The pool
         # retries a GET once on a connection dockerd closed while idle.

@@ -31,12 +31,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone, ResponseFailed
 from zope.interface import implementer
 
+from haven_agent.config import docker_endpoint
 from haven_agent.docker_api import (
     EVENT_FILTERS,
     DockerAPI,
     DockerEventWatcher,
     DockerUnavailable,
-    endpoint_description,
 )
 from tests.fake_docker_api import (
     SAMPLE_INFO,
@@ -62,21 +62,22 @@ async def wait_until(
 
 class EndpointDescriptionTests(SynchronousTestCase):
     """
-    L{endpoint_description} accepts descriptions and bare socket paths.
+    L{docker_endpoint}, which the client uses, accepts descriptions and bare
+    socket paths.
     """
 
     def test_description_unchanged(self) -> None:
         for given in ("unix:/var/run/docker.sock", "tcp:127.0.0.1:2375"):
-            self.assertEqual(endpoint_description(given), given)
+            self.assertEqual(docker_endpoint(given), given)
 
     def test_bare_path(self) -> None:
         self.assertEqual(
-            endpoint_description("/var/run/docker.sock"), "unix:/var/run/docker.sock"
+            docker_endpoint("/var/run/docker.sock"), "unix:/var/run/docker.sock"
         )
 
     def test_bare_path_escaped(self) -> None:
         self.assertEqual(
-            endpoint_description("/run/a:b=c\\d.sock"),
+            docker_endpoint("/run/a:b=c\\d.sock"),
             "unix:/run/a\\:b\\=c\\\\d.sock",
         )
 
