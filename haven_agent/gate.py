@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from haven_agent.auth import NOT_KNOWN_YET, BasicAuthChecker
 from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.eager_write import write_now
 from haven_agent.health import HEALTH_PATH, DockerProbe, health_response
 from haven_agent.http_head import (
     Framing,
@@ -730,7 +731,7 @@ class GateProtocol(Protocol):
     def _toDocker(self, data: bytes) -> None:
         if self._request is not None:
             self._request.bytesIn += len(data)
-        self._docker.transport.write(data)
+        write_now(self._docker.transport, data)
 
     def _finishRequest(self, outcome: str) -> None:
         record, self._request = self._request, None

@@ -12,7 +12,7 @@ issue 5341). OpenSSL itself allows it: after the peer's close_notify our
 `send()` still works, and since TLS 1.3 close_notify closes only the sender's
 direction (RFC 8446, section 6.1), which is what Go's `CloseWrite` relies on.
 
-This module changes exactly three things about `BufferingTLSTransport`:
+This module changes these things about `BufferingTLSTransport`:
 
 - the peer's close_notify, or a TCP FIN, is delivered to the wrapped protocol
   as `readConnectionLost()` when it provides `IHalfCloseableProtocol`;
@@ -20,7 +20,12 @@ This module changes exactly three things about `BufferingTLSTransport`:
   data is flushed, and keeps reading;
 - a full `loseConnection()` sends close_notify and then closes the socket at
   once instead of waiting for the peer's answering alert, which a half-closed
-  peer has already sent or will never send.
+  peer has already sent or will never send;
+- writes are encrypted at once rather than gathered until the next reactor
+  turn (a `callLater(0)` per write), and all the TLS records one write makes
+  go to the socket in one `write_now` (see `haven_agent.eager_write`). The
+  proxy's writes are whole socket reads already, so there is nothing to
+  gather, and the delay cost a reactor iteration per answer.
 
 It relies on private attributes of Twisted's TLS wrapper, so setup.cfg pins
 the Twisted release line it is tested with.
@@ -30,9 +35,21 @@ from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from haven_agent.eager_write import write_now
+
+#: Most plaintext one TLS record carries.
+RECORD_PAYLOAD = 2**14
+#: What one read of the send BIO asks for: the records of a 64 KiB socket
+#: read, with their overhead, fit in one.
+SEND_BIO_READ = 2**16 + 2**12
 
 
 @implementer(IHalfCloseableProtocol)
@@ -76,11 +93,52 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
+        """
+        Send everything OpenSSL has ready, in one write.
+        """
         # Closing a TCP transport whose write side is already shut down
         # reports connectionLost at once, which drops the OpenSSL connection
         # while this wrapper may still be on the stack.
-        if self._tlsConnection is not None:
-            super()._flushSendBIO()
+        connection = self._tlsConnection
+        if connection is None:
+            return
+        try:
+            data = connection.bio_read(SEND_BIO_READ)
+        except WantReadError:
+            return
+        if len(data) == SEND_BIO_READ:
+            chunks = [data]
+            while len(data) == SEND_BIO_READ:
+                try:
+                    data = connection.bio_read(SEND_BIO_READ)
+                except WantReadError:
+                    break
+                chunks.append(data)
+            data = b"".join(chunks)
+        write_now(self.transport, data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        Encrypt C{data} into records and send them together.
+        """
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        view = memoryview(data)
+        size = len(data)
+        sent = 0
+        while sent < size:
+            try:
+                sent += connection.send(view[sent : sent + RECORD_PAYLOAD])
+            except WantReadError:
+                # A handshake still under way: keep the rest until the
+                # peer's bytes let OpenSSL go on.
+                self._bufferedWrite(data[sent:])
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return
+        self._flushSendBIO()
 
     def dataReceived(self, data: bytes) -> None:
         if self._readClosed and self._handshakeDone:
@@ -181,11 +239,11 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if not self._writeClosed:
-            self._aggregator.write(data)
+            TLSMemoryBIOProtocol.write(self, data)
 
     def writeSequence(self, sequence) -> None:
         if not self._writeClosed:
-            self._aggregator.write(b"".join(sequence))
+            TLSMemoryBIOProtocol.write(self, b"".join(sequence))
 
     def connectionLost(self, reason) -> None:
         # Whatever OpenSSL still holds was delivered as it arrived; do not

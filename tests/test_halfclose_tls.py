@@ -7,6 +7,7 @@ must do exactly what the Go docker CLI does: send, close its own direction
 (close_notify or a bare FIN), then keep reading until the server is done.
 """
 
+import os
 import socket
 import struct
 
@@ -224,5 +225,93 @@ class HalfCloseTests(TestCase):
         port = self.listen(ProducerThenClose)
         received, clean, _ = yield deferToThread(tlsClient, port, b"go ")
         self.assertEqual(received, b"go first second")
+        self.assertTrue(clean)
+        yield self.factory.lost
+
+
+class CountingSocket:
+    """
+    A socket that counts the bytes send() handed to the kernel.
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.sent = 0
+
+    def send(self, data, *flags):
+        sent = self._sock.send(data, *flags)
+        self.sent += sent
+        return sent
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class ImmediateWriteTests(TestCase):
+    """
+    Writes are encrypted and handed to the socket at once, not gathered for
+    the next reactor turn, and large writes keep their bytes in order.
+    """
+
+    def listen(self, protocol):
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        factory = Factory.forProtocol(protocol)
+        factory.connected = []
+        factory.lost = Deferred()
+        tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
+        port = reactor.listenTCP(0, tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.factory = factory
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_answerLeavesAtOnce(self):
+        """
+        The TLS record of a write is in the kernel when write() returns.
+        """
+
+        class Answer(PlainEcho):
+            def connectionMade(self):
+                tcp = self.transport.transport
+                tcp.socket = CountingSocket(tcp.socket)
+
+            def dataReceived(self, data):
+                counting = self.transport.transport.socket
+                before = counting.sent
+                self.transport.write(b"answer to " + data)
+                self.factory.sentByWrite.append(counting.sent - before)
+                self.transport.loseConnection()
+
+        port = self.listen(Answer)
+        self.factory.sentByWrite = []
+        received, _, _ = yield deferToThread(tlsClient, port, b"ping")
+        self.assertEqual(received, b"answer to ping")
+        [sent] = self.factory.sentByWrite
+        # One TLS 1.3 record: 5 bytes of header, the text, its content type
+        # and a 16-byte tag.
+        self.assertEqual(sent, 5 + len(b"answer to ping") + 1 + 16)
+        yield self.factory.lost
+
+    @inlineCallbacks
+    def test_largeWritesInOrder(self):
+        """
+        Writes of many records, of sizes that are not multiples of a record,
+        arrive whole and in order.
+        """
+        pieces = [os.urandom(size) for size in (1, 16383, 16385, 70000, 1 << 20, 5)]
+
+        @implementer(IHalfCloseableProtocol)
+        class Pieces(EchoThenDone):
+            def readConnectionLost(self):
+                for piece in pieces:
+                    self.transport.write(piece)
+                self.transport.loseConnection()
+
+        port = self.listen(Pieces)
+        self.factory.closeFirst = False
+        received, clean, _ = yield deferToThread(tlsClient, port, b"go")
+        self.assertEqual(received, b"go" + b"".join(pieces))
         self.assertTrue(clean)
         yield self.factory.lost

@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_eager_write -*-
+"""
+Writing to a socket transport at once instead of on the next reactor turn.
+
+Twisted's `FileDescriptor.write` only queues bytes: it registers the socket
+for writability, and the bytes leave on a later reactor iteration, after
+which the socket is unregistered again. For a proxy that answers small
+requests that is two `epoll_ctl` calls and one more trip round the reactor
+per write, on each side of every request: most of what a keep-alive
+`GET /_ping` costs the agent beyond TLS itself. asyncio's transports, by
+contrast, try `send()` first and queue only what the kernel did not take.
+
+`write_now` does the same on top of Twisted: when the transport holds no
+unsent bytes (so nothing can be overtaken) and is not closing, the bytes go
+straight to `socket.send()`; whatever is left, and every write to a
+transport that is not a plain socket transport, takes the ordinary
+`transport.write()` path with its buffering, flow control and error
+handling. It reads private attributes of `twisted.internet.abstract`'s
+`FileDescriptor`, which is why setup.cfg pins the Twisted release line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it at once where that is safe.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or not data
+        or transport._tempDataLen
+        or transport.dataBuffer
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or transport._writeDisconnected
+        or not transport.connected
+        or transport.TLS
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = sock.send(data)
+    except OSError:
+        # Would block, or the connection is broken: let the ordinary path
+        # queue the bytes, or find the error and report connectionLost.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
