@@ -18,8 +18,6 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -31,6 +29,7 @@ from haven_agent.certificates import (
     load_or_create_self_signed,
 )
 from haven_agent.config import ProxyConfig
+from haven_agent.docker_socket import docker_connector
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.throttle import FailureThrottle
@@ -95,20 +94,6 @@ class ProxyService(MultiService):
         return stopping
 
 
-class _ForOne(Factory):
-    """
-    Connects one given protocol, without a log line per connection.
-    """
-
-    noisy = False
-
-    def __init__(self, protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr):
-        return self._protocol
-
-
 def load_certificate(config: ProxyConfig) -> ServerCertificate:
     if config.tlsCert is not None and config.tlsKey is not None:
         return load_certificate_files(config.tlsCert, config.tlsKey)
@@ -143,7 +128,6 @@ def raise_file_limit() -> None:
 
 def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
     tls = ReloadableServerOptions(lambda: load_tls_material(config))
-    endpoint = clientFromString(reactor, config.docker)
     checker = BasicAuthChecker(
         config.user,
         config.password,
@@ -156,7 +140,7 @@ def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
     )
     gate = GateFactory(
         checker=checker,
-        connectDocker=lambda protocol: endpoint.connect(_ForOne(protocol)),
+        connectDocker=docker_connector(reactor, config.docker),
         dockerDescription=config.docker,
         clock=reactor,
         firstHeadTimeout=config.firstHeadTimeout,

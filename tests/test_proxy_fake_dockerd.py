@@ -32,9 +32,8 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -42,6 +41,7 @@ from twisted.trial.unittest import TestCase
 from haven_agent.auth import BasicAuthChecker
 from haven_agent.certificates import certificate_options, load_or_create_self_signed
 from haven_agent.config import ProxyConfig
+from haven_agent.docker_socket import docker_connector
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.proxy_service import build_proxy_service
@@ -372,16 +372,6 @@ def direct_answers(path: str, data: bytes, count: int) -> list[Response]:
 # The harness
 
 
-class _OneProtocol(Factory):
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr):
-        return self._protocol
-
-
 @define(eq=False)
 class RecordingFake(FakeDockerdFactory):
     """
@@ -435,13 +425,12 @@ class ProxyTestCase(TestCase):
         returns its TCP port.
         """
         description = "unix:" + dockerPath
-        endpoint = clientFromString(reactor, description)
         checker = BasicAuthChecker(
             USER.decode(), PASSWORD.decode(), lambda f, *a: deferToThread(f, *a)
         )
         gate = GateFactory(
             checker=checker,
-            connectDocker=lambda protocol: endpoint.connect(_OneProtocol(protocol)),
+            connectDocker=docker_connector(reactor, description),
             dockerDescription=description,
             clock=reactor,
             **gateOptions,
