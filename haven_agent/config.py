@@ -49,6 +49,8 @@ class ProxyConfig:
     # Below docker stop's 10 s, so the agent closes its streams (the
     # master's /events never ends) before it would be killed.
     shutdownGrace: float = 5.0
+    #: Processes serving the proxy (see haven_agent.workers).
+    workers: int = 1
 
 
 UNIX_PATH_MAX = 107

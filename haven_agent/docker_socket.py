@@ -25,7 +25,7 @@ from twisted.internet.endpoints import (
     _WrappingFactory,
     clientFromString,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
@@ -40,7 +40,7 @@ class PlainUNIXClient(unix.Client):
 
 
 class _PlainUNIXConnector(unix.Connector):
-    def _makeTransport(self) -> PlainUNIXClient:
+    def _makeTransport(self) -> unix.Client:
         return PlainUNIXClient(self.address, self, self.reactor, self.checkPID)
 
 
@@ -58,7 +58,7 @@ class PlainUNIXClientEndpoint:
         self._timeout = timeout
         self._checkPID = checkPID
 
-    def connect(self, protocolFactory) -> Deferred[Protocol]:
+    def connect(self, protocolFactory) -> Deferred[IProtocol]:
         wrapping = _WrappingFactory(protocolFactory)
         _PlainUNIXConnector(
             self._path, wrapping, self._timeout, self._reactor, self._checkPID

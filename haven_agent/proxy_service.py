@@ -13,6 +13,7 @@ grace period to finish before they are closed.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
@@ -32,6 +33,7 @@ from haven_agent.config import ProxyConfig
 from haven_agent.docker_socket import docker_connector
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.reuse_port import ListenAddress, ReusePortListener
 from haven_agent.throttle import FailureThrottle
 from haven_agent.tls_reload import (
     CertificateWatch,
@@ -60,8 +62,29 @@ class ProxyService(MultiService):
         self._gate = gate
         self._reactor = reactor
         self._restoreSignal = None
+        #: Called after each SIGHUP reload (the worker pool's forwarding).
+        self.onReload: list[Callable[[], None]] = []
+        #: The SO_REUSEPORT listeners, when the proxy runs in several
+        #: processes.
+        self.reusePortListeners: list[ReusePortListener] = []
+        #: Say how to reach and trust the proxy at start-up: the agent
+        #: process does, its workers need not repeat it.
+        self.announce = True
 
     def startService(self) -> None:
+        if self.announce:
+            self._announce()
+        raise_file_limit()
+        super().startService()
+        self._restoreSignal = install_reload_signal(
+            self._reactor, self._tls, also=self._reloaded
+        )
+
+    def _reloaded(self) -> None:
+        for hook in self.onReload:
+            hook()
+
+    def _announce(self) -> None:
         config, certificate = self._config, self._tls.current_certificate
         log.info(
             "haven-agent serving Docker API from {docker} on {listen} (TLS, "
@@ -81,9 +104,6 @@ class ProxyService(MultiService):
                 "No password configured: the Haven default 'password' applies. "
                 "Set --password, --password-file or dm_auth_adminPassword."
             )
-        raise_file_limit()
-        super().startService()
-        self._restoreSignal = install_reload_signal(self._reactor, self._tls)
 
     def stopService(self) -> Deferred[None]:
         if self._restoreSignal is not None:
@@ -126,7 +146,14 @@ def raise_file_limit() -> None:
             pass
 
 
-def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
+def build_proxy_service(
+    config: ProxyConfig, reactor, reusePort: list[ListenAddress] | None = None
+) -> ProxyService:
+    """
+    The proxy, listening as C{config.listen} says, or, with C{reusePort},
+    on those addresses through SO_REUSEPORT sockets that other processes
+    of the agent share.
+    """
     tls = ReloadableServerOptions(lambda: load_tls_material(config))
     checker = BasicAuthChecker(
         config.user,
@@ -153,10 +180,16 @@ def build_proxy_service(config: ProxyConfig, reactor) -> ProxyService:
     service = ProxyService(config, tls, gate, reactor)
     CertificateWatch(tls, reactor).setServiceParent(service)
     wrapped = wrapWithHalfCloseableTLS(tls, gate, clock=reactor)
-    for description in config.listen:
-        strports.service(description, wrapped, reactor=reactor).setServiceParent(
-            service
-        )
+    if reusePort is None:
+        for description in config.listen:
+            strports.service(description, wrapped, reactor=reactor).setServiceParent(
+                service
+            )
+    else:
+        for address in reusePort:
+            listener = ReusePortListener(address, wrapped, reactor)
+            listener.setServiceParent(service)
+            service.reusePortListeners.append(listener)
     if is_bcrypt_hash(config.password):
         log.info("password is a bcrypt hash; each distinct credential is checked once")
     return service

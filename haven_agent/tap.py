@@ -32,6 +32,10 @@ from haven_agent.config import (
 )
 from haven_agent.gate import AUTH_MODES
 from haven_agent.node_identity import validate_node_name
+from haven_agent.reuse_port import listen_addresses
+
+#: More processes than this would only compete for the same cores.
+MAX_WORKERS = 64
 
 # Option name -> environment variables read when the option is not given,
 # in order of preference.
@@ -53,6 +57,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "max-connections": ("HAVEN_AGENT_MAX_CONNECTIONS",),
     "max-unauthenticated": ("HAVEN_AGENT_MAX_UNAUTHENTICATED",),
     "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
+    "workers": ("HAVEN_AGENT_WORKERS",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
     "secret": ("HAVEN_AGENT_SECRET", "dm_agent_notifier_secret"),
@@ -170,6 +175,14 @@ class Options(usage.Options):
             None,
             "Password (or bcrypt hash) of the read-only account; without it "
             "there is none [env HAVEN_AGENT_READONLY_PASSWORD]",
+        ],
+        [
+            "workers",
+            None,
+            None,
+            "Processes serving the proxy, this one included; more than one "
+            "shares each TCP port with SO_REUSEPORT (limits apply per process) "
+            "[env HAVEN_AGENT_WORKERS; default 1]",
         ],
         [
             "max-connections",
@@ -295,6 +308,17 @@ class Options(usage.Options):
             )
         return int(value)
 
+    def _workers(self, listen: tuple[str, ...]) -> int:
+        workers = self._count("workers", 1)
+        if workers > MAX_WORKERS:
+            raise usage.UsageError(f"--workers must be at most {MAX_WORKERS}")
+        if workers > 1:
+            try:
+                listen_addresses(listen)
+            except ValueError as e:
+                raise usage.UsageError(f"--workers {workers}: {e}") from None
+        return workers
+
     def _seconds(self, name: str, default: float, allowZero: bool = False) -> float:
         value = self._fromEnvironment(name)
         if value is None:
@@ -400,6 +424,7 @@ class Options(usage.Options):
             maxConnections=self._count("max-connections", 10_000),
             maxUnauthenticated=self._count("max-unauthenticated", 512),
             shutdownGrace=self._seconds("shutdown-grace", 5.0, allowZero=True),
+            workers=self._workers(listen),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
 
@@ -463,7 +488,27 @@ def makeService(options: Options) -> MultiService:
     from haven_agent.reporting import NodeReporting
 
     agent = MultiService()
-    build_proxy_service(options.config, reactor).setServiceParent(agent)
+    config = options.config
+    if config.workers == 1:
+        build_proxy_service(config, reactor).setServiceParent(agent)
+    else:
+        from haven_agent.workers import WorkerPool
+
+        proxy = build_proxy_service(
+            config, reactor, reusePort=listen_addresses(config.listen)
+        )
+        proxy.setServiceParent(agent)
+        # A sibling of the proxy, not its child: the workers' graceful stop
+        # runs alongside this process's own.
+        pool = WorkerPool(
+            config,
+            proxy.reusePortListeners,
+            options.logFormat,
+            config.workers - 1,
+            reactor,
+        )
+        pool.setServiceParent(agent)
+        proxy.onReload.append(lambda: pool.signalAll("HUP"))
     NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
     if options.logFormat == "json":
         from haven_agent.json_log import use_json_logging

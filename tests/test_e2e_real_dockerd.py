@@ -41,38 +41,38 @@ AGENT_LOG_PROBLEMS = re.compile(
     r"Unhandled Error|Unhandled error in Deferred|Traceback \(most recent call last\)"
 )
 
-_agent: AgentProcess | None = None
-_agent_error: str | None = None
+#: Shared agents by their extra arguments, and why one could not start.
+_agents: dict[tuple[str, ...], AgentProcess] = {}
+_agent_errors: dict[tuple[str, ...], str] = {}
 _agent_lock = threading.Lock()
 
 
-def _stop_agent() -> None:
-    global _agent
-    agent, _agent = _agent, None
-    if agent is not None:
+def _stop_agents() -> None:
+    while _agents:
+        _, agent = _agents.popitem()
         agent.cleanup()
 
 
-def shared_agent(dockerd) -> AgentProcess:
-    """One agent process for the whole module, started on first use."""
-    global _agent, _agent_error
+def shared_agent(dockerd, extra_args: tuple[str, ...] = ()) -> AgentProcess:
+    """One agent process per set of extra arguments, started on first use."""
     with _agent_lock:
-        if _agent is not None:
-            return _agent
-        if _agent_error is not None:
-            raise AgentStartError(_agent_error)
-        import atexit
+        if extra_args in _agents:
+            return _agents[extra_args]
+        if extra_args in _agent_errors:
+            raise AgentStartError(_agent_errors[extra_args])
+        if not _agents:
+            import atexit
 
-        # Registered after shared_dockerd()'s hook: atexit runs it first.
-        atexit.register(_stop_agent)
-        agent = AgentProcess(dockerd.socket_path)
+            # Registered after shared_dockerd()'s hook: atexit runs it first.
+            atexit.register(_stop_agents)
+        agent = AgentProcess(dockerd.socket_path, extra_args=extra_args)
         try:
             agent.start()
         except AgentStartError as e:
-            _agent_error = str(e)
+            _agent_errors[extra_args] = str(e)
             agent.cleanup()
             raise
-        _agent = agent
+        _agents[extra_args] = agent
         return agent
 
 
@@ -128,6 +128,9 @@ class _LineReader:
 class E2ETestCase(SynchronousTestCase):
     """Base: a shared dockerd, a shared agent, and command helpers."""
 
+    #: Extra arguments of the agent these tests run against.
+    agentArgs: tuple[str, ...] = ()
+
     def setUp(self) -> None:
         try:
             self.dockerd = shared_dockerd()
@@ -137,7 +140,7 @@ class E2ETestCase(SynchronousTestCase):
                 self.fail(f"a real dockerd is required here: {e}")
             raise unittest.SkipTest(str(e)) from None
         try:
-            self.agent = shared_agent(self.dockerd)
+            self.agent = shared_agent(self.dockerd, self.agentArgs)
         except AgentStartError as e:
             self.fail(f"the agent did not start:\n{e}")
         if not self.agent.is_running():
@@ -743,6 +746,19 @@ class CurlTests(E2ETestCase):
 
     def test_no_credentials(self) -> None:
         self._assert_unauthorized(auth=False)
+
+
+class DockerCLIWorkersTests(DockerCLITests):
+    """
+    The docker CLI's tests again, against an agent serving from three
+    processes (--workers 3): the CLI's connections land on all of them.
+    """
+
+    agentArgs = ("--workers", "3")
+
+
+class DockerPyWorkersTests(DockerPyTests):
+    agentArgs = ("--workers", "3")
 
 
 class DropinTests(SynchronousTestCase):

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+One worker process of `--workers N`: `python -m haven_agent.worker`.
+
+Started by the agent (see `haven_agent.workers`), never by hand: it reads
+its settings as one JSON line on stdin, serves the proxy on the agent's
+SO_REUSEPORT ports, logs to stdout in the agent's format, and stops
+gracefully on SIGTERM, or when stdin reaches end-of-file because the agent
+is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+log = Logger()
+
+
+class Lifeline(Protocol):
+    """
+    The agent holds the other end of stdin: end-of-file means it is gone.
+    """
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason=None) -> None:
+        if self._reactor.running:
+            log.info("the agent process is gone; stopping")
+            self._reactor.stop()
+
+
+def main() -> None:
+    # Until the proxy installs its own handler, a SIGHUP (the agent passing
+    # on a certificate reload) must not end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from haven_agent.workers import read_worker_spec
+
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.exit("haven_agent.worker: no settings on stdin (started by hand?)")
+    config, addresses, logFormat, index = read_worker_spec(line)
+
+    if logFormat == "json":
+        from haven_agent.json_log import json_lines_observer
+
+        observer = json_lines_observer(sys.stdout)
+    else:
+        observer = textFileLogObserver(sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    from twisted.internet import reactor, stdio
+
+    from haven_agent.proxy_service import build_proxy_service
+
+    service = build_proxy_service(config, reactor, reusePort=addresses)
+    service.announce = False
+    service.privilegedStartService()
+    # stdin is the lifeline; its "stdout" is a descriptor of its own, since
+    # StandardIO makes it non-blocking and the log writes to the real one.
+    stdio.StandardIO(  # type: ignore[call-arg]
+        Lifeline(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY)
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    def start() -> None:
+        service.startService()
+        log.info("worker {index} (pid {pid}) serving", index=index, pid=os.getpid())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
