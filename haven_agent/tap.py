@@ -489,6 +489,10 @@ def makeService(options: Options) -> MultiService:
 
     agent = MultiService()
     config = options.config
+    if options.logFormat == "text":
+        from haven_agent.text_log import FasterTextLogs
+
+        FasterTextLogs().setServiceParent(agent)
     if config.workers == 1:
         build_proxy_service(config, reactor).setServiceParent(agent)
     else:

@@ -16,7 +16,7 @@ import signal
 import sys
 
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import FileLogObserver, Logger, globalLogBeginner
 
 log = Logger()
 
@@ -54,7 +54,9 @@ def main() -> None:
 
         observer = json_lines_observer(sys.stdout)
     else:
-        observer = textFileLogObserver(sys.stdout)
+        from haven_agent.text_log import ClassicTextFormat
+
+        observer = FileLogObserver(sys.stdout, ClassicTextFormat())
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from twisted.internet import reactor, stdio

@@ -182,6 +182,7 @@ class MakeServiceTests(SynchronousTestCase):
         listeners = [
             s
             for proxy in service
+            if isinstance(proxy, MultiService)
             for s in proxy
             if isinstance(s, StreamServerEndpointService)
         ]
@@ -315,9 +316,34 @@ class ReporterOptionsTests(SynchronousTestCase):
         options = parse(["--state-dir", self.mktemp()])
         service = makeService(options)
         self.assertEqual(
-            [type(s).__name__ for s in service], ["ProxyService", "NodeReporting"]
+            [type(s).__name__ for s in service],
+            ["FasterTextLogs", "ProxyService", "NodeReporting"],
         )
-        self.assertIsInstance(list(service)[1], NodeReporting)
+        self.assertIsInstance(list(service)[2], NodeReporting)
+
+    def test_makeServiceWithWorkers(self) -> None:
+        from haven_agent.reuse_port import ReusePortListener
+
+        options = parse(
+            [
+                "--state-dir",
+                self.mktemp(),
+                "--workers",
+                "3",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
+        service = makeService(options)
+        self.assertEqual(
+            [type(s).__name__ for s in service],
+            ["FasterTextLogs", "ProxyService", "WorkerPool", "NodeReporting"],
+        )
+        proxy = list(service)[1]
+        self.assertEqual(
+            [type(s) for s in proxy if isinstance(s, ReusePortListener)],
+            [ReusePortListener],
+        )
 
 
 class HardeningOptionsTests(SynchronousTestCase):
