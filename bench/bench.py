@@ -52,7 +52,9 @@ from tests.realdockerd import (  # noqa: E402
     clean_docker_env,
 )
 
-PATHS = ("direct", "haproxy", "stunnel", "agent")
+PATHS = ("direct", "haproxy", "stunnel", "agent", "agent-mp")
+#: The agent's paths: one process, and --workers (`--agent-workers`).
+AGENTS = ("agent", "agent-mp")
 PEERS = ("haproxy", "stunnel")
 MB = 1_000_000
 
@@ -119,6 +121,20 @@ def cpu_seconds(pid: int) -> float:
     fields = data[data.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (the agent's workers)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+        i += 1
+    return pids
 
 
 def loadavg() -> str:
@@ -311,11 +327,22 @@ sslVersionMin = TLSv1.2
 class Path:
     """How each client reaches dockerd over one path."""
 
-    def __init__(self, name, bench, port=None, pid_fn=None):
+    def __init__(self, name, bench, port=None, pid_fn=None, tree=False):
         self.name = name
         self.bench = bench
         self.port = port  # None: the UNIX socket itself
         self.pid_fn = pid_fn
+        # Count the serving process's children too (the agent's workers).
+        self.tree = tree
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.pid) if self.tree else [self.pid]
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(pid) for pid in self.pids())
 
     @property
     def tls(self) -> bool:
@@ -396,6 +423,7 @@ class Bench:
         self.workdir = tempfile.mkdtemp(prefix="hvb-", dir="/tmp")
         self.dockerd: RealDockerd | None = None
         self.agent: AgentProcess | None = None
+        self.agent_mp: AgentProcess | None = None
         self.haproxy: Haproxy | None = None
         self.stunnel: Stunnel | None = None
         self.paths: dict[str, Path] = {}
@@ -437,6 +465,22 @@ class Bench:
             self.dockerd.socket_path, extra_args=tuple(o.agent_arg or ())
         )
         self.agent.start()
+        if o.agent_workers > 1 and "agent-mp" in o.paths:
+            log(f"starting the agent with --workers {o.agent_workers}")
+            self.agent_mp = AgentProcess(
+                self.dockerd.socket_path,
+                password=self.agent.password,
+                extra_args=(
+                    *(o.agent_arg or ()),
+                    "--workers",
+                    str(o.agent_workers),
+                ),
+            )
+            # The certificate every path serves, which the clients trust.
+            self.agent_mp.ca_path = self.agent.ca_path
+            self.agent_mp.cert_path = self.agent.cert_path
+            self.agent_mp.key_path = self.agent.key_path
+            self.start_agent_mp()
         self.ca = self.agent.ca_path
         self.authorization = self.agent.authorization()
         self.cli_cert_dir = self.agent.cli_cert_dir
@@ -479,8 +523,29 @@ class Bench:
                 "agent", self, self.agent.port, lambda: self.agent.process.pid
             ),
         }
+        if self.agent_mp is not None:
+            all_paths["agent-mp"] = Path(
+                "agent-mp",
+                self,
+                self.agent_mp.port,
+                lambda: self.agent_mp.process.pid,
+                tree=True,
+            )
         self.paths = {n: all_paths[n] for n in PATHS if n in o.paths}
         self.preflight()
+
+    def start_agent_mp(self) -> None:
+        """Start the --workers agent and wait until every worker serves."""
+        self.agent_mp.start()
+        workers = self.opts.agent_workers - 1
+        deadline = time.monotonic() + 60
+        while self.agent_mp.logs().count("serving") < workers + 1:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the agent's {workers} workers did not start:\n"
+                    f"{self.agent_mp.logs()[-3000:]}"
+                )
+            time.sleep(0.1)
 
     def dockerd_pid(self) -> int:
         with open(self.dockerd.pidfile) as f:
@@ -575,6 +640,7 @@ class Bench:
             ("stunnel", lambda: self.stunnel and self.stunnel.stop()),
             ("haproxy", lambda: self.haproxy and self.haproxy.stop()),
             ("agent", lambda: self.agent and self.agent.stop()),
+            ("agent-mp", lambda: self.agent_mp and self.agent_mp.stop()),
             ("dockerd", lambda: self.dockerd and self.dockerd.stop()),
         ):
             try:
@@ -586,6 +652,8 @@ class Bench:
         else:
             if self.agent is not None:
                 self.agent.cleanup()
+            if self.agent_mp is not None:
+                self.agent_mp.cleanup()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- workloads -------------------------------------------------------------
@@ -873,7 +941,6 @@ class Bench:
 
     async def _events(self, path: Path) -> dict:
         n = self.opts.streams
-        pid = path.pid
         filters = json.dumps({"type": ["container"], "event": ["create"]})
         request = (
             f"GET /events?filters={urllib.parse.quote(filters)} HTTP/1.1\r\n"
@@ -920,8 +987,8 @@ class Bench:
             if not isinstance(o, BaseException):
                 o[1].transport.abort()
         await asyncio.sleep(1.0)
-        rss_before = rss_kib(pid)
-        cpu_before = cpu_seconds(pid)
+        rss_before = path.rss_kib()
+        cpu_before = path.cpu_seconds()
         t0 = time.monotonic()
         outcomes = await asyncio.gather(
             *(open_one() for _ in range(n)), return_exceptions=True
@@ -930,7 +997,7 @@ class Bench:
         streams = [o for o in outcomes if not isinstance(o, BaseException)]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         await asyncio.sleep(1.5)
-        rss_after = rss_kib(pid)
+        rss_after = path.rss_kib()
         res = {
             "streams": n,
             "opened": len(streams),
@@ -942,7 +1009,7 @@ class Bench:
                 rss_after - rss_before
             )
             / max(1, len(streams)),
-            "cpu_open_seconds": cpu_seconds(pid) - cpu_before,
+            "cpu_open_seconds": path.cpu_seconds() - cpu_before,
         }
         received = 0
         try:
@@ -1015,8 +1082,7 @@ class Bench:
             # Memory per stream is measured from a fresh process: one that
             # served 2,000 streams before keeps (and reuses) that memory.
             self.restart(path.name)
-        pid = path.pid
-        cpu0 = cpu_seconds(pid)
+        cpu0 = path.cpu_seconds()
         started = time.monotonic()
         try:
             res = fn(path)
@@ -1026,7 +1092,7 @@ class Bench:
                 traceback.print_exc()
         res["wall_seconds"] = time.monotonic() - started
         try:
-            cpu = res["server_cpu_seconds"] = cpu_seconds(pid) - cpu0
+            cpu = res["server_cpu_seconds"] = path.cpu_seconds() - cpu0
         except OSError:
             cpu = None
         # The serving process's CPU per unit of work: less sensitive to other
@@ -1039,6 +1105,7 @@ class Bench:
         # Is the proxy still alive?
         for what, proc in (
             ("agent", self.agent.process),
+            ("agent-mp", self.agent_mp.process if self.agent_mp else None),
             ("haproxy", self.haproxy.process),
             ("stunnel", self.stunnel.process),
         ):
@@ -1051,6 +1118,10 @@ class Bench:
             self.agent.stop()
             self.agent.start()  # a new free port
             self.paths["agent"].port = self.agent.port
+        elif name == "agent-mp":
+            self.agent_mp.stop()
+            self.start_agent_mp()
+            self.paths["agent-mp"].port = self.agent_mp.port
         elif name == "haproxy":
             self.haproxy.stop()
             self.haproxy.start()
@@ -1195,30 +1266,31 @@ def table(med: dict, paths: list[str]) -> tuple[list[dict], str]:
         row = {"workload": wl, "metric": metric, "label": label, "unit": unit}
         row["values"] = vals
         row["higher_is_better"] = higher
-        ratio_best = ratio_direct = None
         best_peer = None
+        ratios: dict[str, float | None] = {}
         if higher is not None:
             peers = {p: vals[p] for p in PEERS if isinstance(vals.get(p), (int, float))}
-            a = vals.get("agent")
             if peers:
                 best_peer = (max if higher else min)(peers, key=peers.get)
-            if isinstance(a, (int, float)):
-                if best_peer and peers[best_peer]:
-                    ratio_best = a / peers[best_peer]
-                d = vals.get("direct")
-                if isinstance(d, (int, float)) and d:
-                    ratio_direct = a / d
-        if metric in SERVER_METRICS:
-            ratio_direct = None  # direct's value is dockerd's own process
-        row.update(
-            best_peer=best_peer,
-            agent_over_best_peer=ratio_best,
-            agent_over_direct=ratio_direct,
-        )
+        for agent in AGENTS:
+            key = agent.replace("-", "_")
+            ratios[f"{key}_over_best_peer"] = ratios[f"{key}_over_direct"] = None
+            a = vals.get(agent)
+            if higher is None or not isinstance(a, (int, float)):
+                continue
+            if best_peer and peers[best_peer]:
+                ratios[f"{key}_over_best_peer"] = a / peers[best_peer]
+            d = vals.get("direct")
+            # For server metrics direct's value is dockerd's own process.
+            if isinstance(d, (int, float)) and d and metric not in SERVER_METRICS:
+                ratios[f"{key}_over_direct"] = a / d
+        row.update(best_peer=best_peer, **ratios)
         row["failed"] = sorted(failed)
         rows.append(row)
 
-    head = ["workload", "unit"] + paths + ["agent/best-peer", "agent/direct"]
+    agents = [a for a in AGENTS if a in paths]
+    head = ["workload", "unit"] + paths
+    head += [f"{a}/best-peer" for a in agents] + [f"{a}/direct" for a in agents]
     lines = []
     for r in rows:
         cells = [
@@ -1237,10 +1309,12 @@ def table(med: dict, paths: list[str]) -> tuple[list[dict], str]:
             if p in r["failed"]:
                 c = "FAIL"
             cells.append(c)
-        rb = r["agent_over_best_peer"]
-        cells.append(f"{rb:.2f} ({r['best_peer']})" if rb is not None else "-")
-        rd = r["agent_over_direct"]
-        cells.append(f"{rd:.2f}" if rd is not None else "-")
+        for a in agents:
+            rb = r[a.replace("-", "_") + "_over_best_peer"]
+            cells.append(f"{rb:.2f} ({r['best_peer']})" if rb is not None else "-")
+        for a in agents:
+            rd = r[a.replace("-", "_") + "_over_direct"]
+            cells.append(f"{rd:.2f}" if rd is not None else "-")
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     out = []
@@ -1351,6 +1425,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="extra argument for twistd haven-agent (repeatable)",
     )
     p.add_argument(
+        "--agent-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="--workers of the agent-mp path, the agent in N processes "
+        "(default 2; 1 leaves the path out)",
+    )
+    p.add_argument(
         "--out", help="JSON results file (default /tmp/haven-agent-bench/...)"
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -1368,6 +1450,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for x in o.workloads:
         if x not in WORKLOADS + EXTRA_WORKLOADS:
             p.error(f"unknown workload {x}")
+    if not 1 <= o.agent_workers <= 64:
+        p.error("--agent-workers must be 1..64")
+    if o.agent_workers == 1 and "agent-mp" in o.paths:
+        o.paths.remove("agent-mp")
     if o.reps < 1 or o.reps > 20:
         p.error("--reps must be 1..20")
     if not (1 <= o.streams <= 20000):
