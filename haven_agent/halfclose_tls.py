@@ -21,6 +21,7 @@ This module changes these things about `BufferingTLSTransport`:
 - a full `loseConnection()` sends close_notify and then closes the socket at
   once instead of waiting for the peer's answering alert, which a half-closed
   peer has already sent or will never send;
+- all records decrypted from one socket read reach the protocol in one call;
 - writes are encrypted at once rather than gathered until the next reactor
   turn (a `callLater(0)` per write), and all the TLS records one write makes
   go to the socket in one `write_now` (see `haven_agent.eager_write`). The
@@ -76,21 +77,37 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
         del self.write
 
     def _flushReceiveBIO(self) -> None:
+        """
+        Decrypt every complete record received and hand the plaintext to the
+        protocol in one call: a 64 KiB socket read of an upload holds four
+        records, and one call instead of four saves the gate's per-call work
+        and three writes to dockerd.
+        """
+        received: list[bytes] = []
         while not self._lostTLSConnection and not self._readClosed:
             try:
-                data = self._tlsConnection.recv(2**15)
+                received.append(self._tlsConnection.recv(RECORD_PAYLOAD))
             except WantReadError:
                 break
             except ZeroReturnError:
-                # The peer's close_notify: its direction is done, ours is not.
+                # The peer's close_notify: its direction is done, ours is
+                # not. What came before it goes first.
+                self._deliver(received)
+                received = []
                 self._peerFinishedSending()
                 break
             except Error:
+                self._deliver(received)
+                received = []
                 self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    self.wrappedProtocol.dataReceived(data)
+        self._deliver(received)
         self._flushSendBIO()
+
+    def _deliver(self, received: list[bytes]) -> None:
+        if received and not self._aborted:
+            self.wrappedProtocol.dataReceived(
+                received[0] if len(received) == 1 else b"".join(received)
+            )
 
     def _flushSendBIO(self) -> None:
         """

@@ -7,15 +7,18 @@ must do exactly what the Go docker CLI does: send, close its own direction
 (close_notify or a bare FIN), then keep reading until the server is done.
 """
 
+import fcntl
 import os
 import socket
 import struct
+import termios
 
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -247,24 +250,31 @@ class CountingSocket:
         return getattr(self._sock, name)
 
 
+def listenTLS(testCase, protocol):
+    """
+    Serve C{protocol} over the half-closeable TLS wrapper on 127.0.0.1;
+    the factory is C{testCase.factory}. Returns the port number.
+    """
+    certificate = load_or_create_self_signed(
+        testCase.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+    )
+    factory = Factory.forProtocol(protocol)
+    factory.connected = []
+    factory.lost = Deferred()
+    tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
+    port = reactor.listenTCP(0, tls, interface="127.0.0.1")
+    testCase.addCleanup(port.stopListening)
+    testCase.factory = factory
+    return port.getHost().port
+
+
 class ImmediateWriteTests(TestCase):
     """
     Writes are encrypted and handed to the socket at once, not gathered for
     the next reactor turn, and large writes keep their bytes in order.
     """
 
-    def listen(self, protocol):
-        certificate = load_or_create_self_signed(
-            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
-        )
-        factory = Factory.forProtocol(protocol)
-        factory.connected = []
-        factory.lost = Deferred()
-        tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
-        port = reactor.listenTCP(0, tls, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.factory = factory
-        return port.getHost().port
+    listen = listenTLS
 
     @inlineCallbacks
     def test_answerLeavesAtOnce(self):
@@ -315,3 +325,68 @@ class ImmediateWriteTests(TestCase):
         self.assertEqual(received, b"go" + b"".join(pieces))
         self.assertTrue(clean)
         yield self.factory.lost
+
+
+def unread(sock) -> int:
+    """
+    Bytes waiting in C{sock}'s receive queue.
+    """
+    return struct.unpack(
+        "i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    )[0]
+
+
+class ReceiveBatchTests(TestCase):
+    """
+    All the records of one socket read reach the protocol in one call.
+    """
+
+    @inlineCallbacks
+    def test_recordsOfOneReadTogether(self):
+        calls = []
+        paused = Deferred()
+        everything = Deferred()
+        size = 40000  # three TLS records
+        # TLS 1.3 with AES-GCM: 5 bytes of header, a content type byte and a
+        # 16-byte tag per record.
+        wire = size + 3 * (5 + 1 + 16)
+
+        class Collect(PlainEcho):
+            def dataReceived(self, data):
+                if not calls and data == b"hello":
+                    # Hold reading until the client's records are all in
+                    # the kernel, so that one read takes them.
+                    self.transport.pauseProducing()
+                    self.transport.write(b"paused")
+                    calls.append(data)
+                    paused.callback(self)
+                    return
+                calls.append(data)
+                if sum(map(len, calls[1:])) == size:
+                    everything.callback(None)
+
+        port = listenTLS(self, Collect)
+
+        def client():
+            context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 20, 0)
+            )
+            connection = SSL.Connection(context, sock)
+            connection.set_connect_state()
+            connection.do_handshake()
+            connection.sendall(b"hello")
+            assert connection.recv(100) == b"paused"
+            connection.sendall(b"x" * size)
+            return connection, sock
+
+        connection, sock = yield deferToThread(client)
+        self.addCleanup(sock.close)
+        server = yield paused
+        sock = server.transport.transport.socket
+        while unread(sock) < wire:
+            yield deferLater(reactor, 0.01, lambda: None)
+        server.transport.resumeProducing()
+        yield everything
+        self.assertEqual(calls[1:], [b"x" * size])
