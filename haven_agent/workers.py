@@ -156,7 +156,10 @@ class WorkerProcess(ProcessProtocol):
         self._pool = pool
         self.index = index
         self.name = f"worker {index}"
-        self._relay = LineRelay(self.name, pool.logOutput)
+        # One relay per pipe: a partial line on one must not be completed
+        # by the other's bytes.
+        self._out = LineRelay(self.name, pool.logOutput)
+        self._err = LineRelay(self.name, pool.logOutput)
         self.ended: Deferred[None] = Deferred()
         self.started = pool.clock.seconds()
 
@@ -165,9 +168,10 @@ class WorkerProcess(ProcessProtocol):
         self.transport.write(self._pool.spec(self.index))
 
     def outReceived(self, data: bytes) -> None:
-        self._relay.feed(data)
+        self._out.feed(data)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self._err.feed(data)
 
     def signal(self, name: str) -> None:
         try:
@@ -176,7 +180,8 @@ class WorkerProcess(ProcessProtocol):
             pass
 
     def processEnded(self, reason) -> None:
-        self._relay.flush()
+        self._out.flush()
+        self._err.flush()
         self._pool.workerEnded(self, reason)
         self.ended.callback(None)
 

@@ -134,6 +134,29 @@ class LineRelayTests(TestCase):
         self.assertIn("hello", [e.get("line") for e in events])
 
 
+class WorkerProcessOutputTests(TestCase):
+    def test_stdoutAndStderrKeptApart(self):
+        """
+        A partial line on stdout is not completed by bytes from stderr.
+        """
+        from twisted.internet.task import Clock
+
+        from haven_agent.workers import WorkerProcess
+
+        class Pool:
+            logOutput = io.StringIO()
+            clock = Clock()
+
+        worker = WorkerProcess(Pool, 1)
+        worker.outReceived(b"GET /_ping: do")
+        worker.errReceived(b"Traceback (most recent call last):\n")
+        worker.outReceived(b"ne\n")
+        self.assertEqual(
+            Pool.logOutput.getvalue(),
+            "Traceback (most recent call last):\nGET /_ping: done\n",
+        )
+
+
 class ReusePortListenerTests(TestCase):
     def test_twoListenersOnePort(self):
         """
