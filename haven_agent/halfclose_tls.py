@@ -12,7 +12,7 @@ issue 5341). OpenSSL itself allows it: after the peer's close_notify our
 `send()` still works, and since TLS 1.3 close_notify closes only the sender's
 direction (RFC 8446, section 6.1), which is what Go's `CloseWrite` relies on.
 
-This module changes these things about `BufferingTLSTransport`:
+This module changes these things about Twisted's TLS transport:
 
 - the peer's close_notify, or a TCP FIN, is delivered to the wrapped protocol
   as `readConnectionLost()` when it provides `IHalfCloseableProtocol`;
@@ -23,10 +23,12 @@ This module changes these things about `BufferingTLSTransport`:
   peer has already sent or will never send;
 - all records decrypted from one socket read reach the protocol in one call;
 - writes are encrypted at once rather than gathered until the next reactor
-  turn (a `callLater(0)` per write), and all the TLS records one write makes
-  go to the socket in one `write_now` (see `haven_agent.eager_write`). The
-  proxy's writes are whole socket reads already, so there is nothing to
-  gather, and the delay cost a reactor iteration per answer.
+  turn (a `callLater(0)` per write, `BufferingTLSTransport`'s aggregation,
+  which is why this subclasses `TLSMemoryBIOProtocol` instead), and all the
+  TLS records one write makes go to the socket in one `write_now` (see
+  `haven_agent.eager_write`). The proxy's writes are whole socket reads
+  already, so there is nothing to gather, and the delay cost a reactor
+  iteration per answer.
 
 It relies on private attributes of Twisted's TLS wrapper, so setup.cfg pins
 the Twisted release line it is tested with.
@@ -36,11 +38,7 @@ from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
-from twisted.protocols.tls import (
-    BufferingTLSTransport,
-    TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
-)
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -54,9 +52,9 @@ SEND_BIO_READ = 2**16 + 2**12
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseableTLSTransport(BufferingTLSTransport):
+class HalfCloseableTLSTransport(TLSMemoryBIOProtocol):
     """
-    `BufferingTLSTransport` with independent read and write shutdown.
+    Twisted's TLS transport with independent read and write shutdown.
 
     @ivar _readClosed: the peer will send no more application data (its
         close_notify or a TCP FIN arrived).
@@ -69,12 +67,6 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
     _readClosed = False
     _writeClosed = False
     _writeClosePending = False
-
-    def __init__(self, factory, wrappedProtocol, _connectWrapped=True):
-        super().__init__(factory, wrappedProtocol, _connectWrapped)
-        # BufferingTLSTransport binds write straight to its aggregator; route
-        # writes through our check so nothing follows our close_notify.
-        del self.write
 
     def _flushReceiveBIO(self) -> None:
         """
@@ -213,7 +205,6 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
         """
         if not self._writeClosePending or self._lostTLSConnection:
             return
-        self._aggregator.flush()
         if self._appSendBuffer or self._producer is not None:
             return
         self._writeClosePending = False
@@ -256,11 +247,10 @@ class HalfCloseableTLSTransport(BufferingTLSTransport):
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if not self._writeClosed:
-            TLSMemoryBIOProtocol.write(self, data)
+            super().write(data)
 
     def writeSequence(self, sequence) -> None:
-        if not self._writeClosed:
-            TLSMemoryBIOProtocol.write(self, b"".join(sequence))
+        self.write(b"".join(sequence))
 
     def connectionLost(self, reason) -> None:
         # Whatever OpenSSL still holds was delivered as it arrived; do not
