@@ -201,7 +201,38 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
 # -- the peers ---------------------------------------------------------------
 
 
-class Haproxy:
+class Peer:
+    """A peer proxy process: started in its directory, ready once TLS works."""
+
+    name = ""
+    dir: str
+    port: int
+    ca: str
+    log: str
+    process: subprocess.Popen | None = None
+
+    def spawn(self, argv: list[str], output: str) -> None:
+        with open(output, "wb") as out:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+            )
+        wait_tls(self.port, self.ca, self.process, self.name, self.log)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+class Haproxy(Peer):
+    name = "haproxy"
+
     def __init__(self, workdir, socket_path, cert, key, ca, user, password, maxconn):
         self.dir = os.path.join(workdir, "haproxy")
         os.mkdir(self.dir)
@@ -243,7 +274,6 @@ frontend docker_tls
 backend dockerd
     server dockerd unix@{socket_path}
 """)
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         check = subprocess.run(
@@ -255,25 +285,12 @@ backend dockerd
         )
         if check.returncode != 0:
             raise BenchError(f"haproxy -c failed:\n{check.stdout}{check.stderr}")
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                ["haproxy", "-db", "-f", self.cfg],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-            )
-        wait_tls(self.port, self.ca, self.process, "haproxy", self.log)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        stop_process(self.process)
+        self.spawn(["haproxy", "-db", "-f", self.cfg], self.log)
 
 
-class Stunnel:
+class Stunnel(Peer):
+    name = "stunnel"
+
     def __init__(self, workdir, socket_path, cert, key, ca):
         self.dir = os.path.join(workdir, "stunnel")
         os.mkdir(self.dir)
@@ -297,28 +314,12 @@ cert = {cert}
 key = {key}
 sslVersionMin = TLSv1.2
 """)
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         binary = shutil.which("stunnel4") or shutil.which("stunnel")
         if binary is None:
             raise BenchError("stunnel4 not found; apt-get install stunnel4")
-        with open(os.path.join(self.dir, "stdio.log"), "wb") as out:
-            self.process = subprocess.Popen(
-                [binary, self.cfg],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-            )
-        wait_tls(self.port, self.ca, self.process, "stunnel", self.log)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        stop_process(self.process)
+        self.spawn([binary, self.cfg], os.path.join(self.dir, "stdio.log"))
 
 
 # -- the paths ---------------------------------------------------------------
