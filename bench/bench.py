@@ -45,6 +45,7 @@ from tests.e2e_agent import (  # noqa: E402
     AgentProcess,
     AgentStartError,
     free_port,
+    stop_process,
 )
 from tests.realdockerd import (  # noqa: E402
     DockerdUnavailable,
@@ -187,17 +188,6 @@ def wait_tls(port: int, ca: str, proc: subprocess.Popen, what: str, logs: str) -
     raise BenchError(f"{what} did not accept TLS on port {port}: {last!r}; see {logs}")
 
 
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 # -- the peers ---------------------------------------------------------------
 
 
@@ -227,7 +217,7 @@ class Peer:
         return self.process.pid
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, timeout=15)
 
 
 class Haproxy(Peer):

@@ -147,18 +147,20 @@ def make_test_pki(directory: str) -> tuple[str, str, str]:
     key_path = os.path.join(directory, "server-key.pem")
     with open(ca_path, "wb") as f:
         f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    _write_cert_and_key(cert, key, cert_path, key_path)
     return ca_path, cert_path, key_path
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after C{timeout} seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def free_port() -> int:
@@ -297,14 +299,7 @@ class AgentProcess:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, STOP_TIMEOUT)
 
     def cleanup(self) -> None:
         """stop() and remove the temporary directory."""
