@@ -163,6 +163,16 @@ def stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
         proc.wait(10)
 
 
+def kill_process(proc: subprocess.Popen) -> None:
+    """Kill a client process still running and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(30)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -41,6 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.e2e_agent import (
     AgentProcess,
     AgentStartError,
+    kill_process,
     make_ca,
     make_client_certificate,
 )
@@ -384,17 +385,8 @@ class HardeningCase(SynchronousTestCase):
             stderr=subprocess.PIPE,
             env=env,
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_process, proc)
         return proc
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
     def curl(
         self,
@@ -865,7 +857,7 @@ class BruteForceTests(HardeningCase):
             for _ in range(4)
         ]
         for proc in pending:
-            self.addCleanup(self._kill, proc)
+            self.addCleanup(kill_process, proc)
         warning = self.wait_for_output(
             agent, r"10 failed authentications from 127\.0\.0\.1\b[^\n]*", 30
         )

@@ -30,6 +30,7 @@ from tests.e2e_agent import (
     AgentProcess,
     AgentStartError,
     agent_env,
+    kill_process,
     twistd_argv,
 )
 from tests.realdockerd import IMAGE, DockerdUnavailable, shared_dockerd
@@ -224,7 +225,7 @@ class E2ETestCase(SynchronousTestCase):
             stderr=subprocess.PIPE,
             env=env,
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_process, proc)
         return proc
 
     def direct_popen(self, *args: str) -> subprocess.Popen:
@@ -235,17 +236,8 @@ class E2ETestCase(SynchronousTestCase):
             stderr=subprocess.PIPE,
             env=self.dockerd.cli_env(),
         )
-        self.addCleanup(self._kill, proc)
+        self.addCleanup(kill_process, proc)
         return proc
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
     def direct(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         """Run the docker CLI directly against dockerd's socket."""
