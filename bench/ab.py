@@ -39,14 +39,9 @@ def agent_cpu(agent) -> float:
 
 
 def start_agent(checkout: str, socket_path: str, args: tuple[str, ...]):
-    # AgentProcess runs twistd with PYTHONPATH set to CHECKOUT_ROOT when it
-    # starts; point it at the checkout to measure, then put it back.
-    saved = e2e_agent.CHECKOUT_ROOT
-    e2e_agent.CHECKOUT_ROOT = checkout
-    try:
-        return e2e_agent.AgentProcess(socket_path, extra_args=args).start()
-    finally:
-        e2e_agent.CHECKOUT_ROOT = saved
+    return e2e_agent.AgentProcess(
+        socket_path, extra_args=args, checkout=checkout
+    ).start()
 
 
 def pingload(binary: str, agent, conns: str, seconds: str) -> dict:

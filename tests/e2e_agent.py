@@ -59,11 +59,11 @@ def twistd_argv(*args: str) -> list[str]:
     return [sys.executable, "-c", _TWISTD_BOOTSTRAP, *args]
 
 
-def agent_env() -> dict[str, str]:
-    """Environment for a twistd that finds this checkout's dropin."""
+def agent_env(checkout: str = CHECKOUT_ROOT) -> dict[str, str]:
+    """Environment for a twistd that finds C{checkout}'s dropin."""
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = CHECKOUT_ROOT + (os.pathsep + old if old else "")
+    env["PYTHONPATH"] = checkout + (os.pathsep + old if old else "")
     return env
 
 
@@ -203,10 +203,13 @@ class AgentProcess:
         docker_socket: str,
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
+        checkout: str = CHECKOUT_ROOT,
     ) -> None:
         self.docker_socket = docker_socket
         self.password = password or secrets.token_urlsafe(18)
         self.extra_args = tuple(extra_args)
+        #: The checkout whose agent runs (bench/ab.py compares two).
+        self.checkout = checkout
         self.tmpdir = tempfile.mkdtemp(prefix="hva-", dir="/tmp")
         self.state_dir = os.path.join(self.tmpdir, "state")
         os.mkdir(self.state_dir)
@@ -274,7 +277,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=stdio,
                 stderr=subprocess.STDOUT,
-                env=agent_env(),
+                env=agent_env(self.checkout),
                 cwd=self.tmpdir,
             )
         deadline = started + START_TIMEOUT
