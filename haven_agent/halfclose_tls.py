@@ -268,9 +268,12 @@ class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
 
 
 def wrapWithHalfCloseableTLS(
-    contextFactory, wrappedFactory: IProtocolFactory, clock=None
+    contextFactory, wrappedFactory: IProtocolFactory
 ) -> HalfCloseableTLSFactory:
     """
     Put server-side TLS, with half-close, on top of C{wrappedFactory}.
+
+    No clock is needed: only Twisted's write aggregation, which this
+    transport does not use, schedules anything.
     """
-    return HalfCloseableTLSFactory(contextFactory, False, wrappedFactory, clock)
+    return HalfCloseableTLSFactory(contextFactory, False, wrappedFactory)

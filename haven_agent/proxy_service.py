@@ -179,7 +179,7 @@ def build_proxy_service(
     )
     service = ProxyService(config, tls, gate, reactor)
     CertificateWatch(tls, reactor).setServiceParent(service)
-    wrapped = wrapWithHalfCloseableTLS(tls, gate, clock=reactor)
+    wrapped = wrapWithHalfCloseableTLS(tls, gate)
     if reusePort is None:
         for description in config.listen:
             strports.service(description, wrapped, reactor=reactor).setServiceParent(

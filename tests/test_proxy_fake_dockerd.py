@@ -435,9 +435,7 @@ class ProxyTestCase(TestCase):
             clock=reactor,
             **gateOptions,
         )
-        tls = wrapWithHalfCloseableTLS(
-            certificate_options(self.certificate), gate, clock=reactor
-        )
+        tls = wrapWithHalfCloseableTLS(certificate_options(self.certificate), gate)
         port = cast(IReactorTCP, reactor).listenTCP(
             0, cast(ServerFactory, tls), interface="127.0.0.1"
         )
