@@ -40,6 +40,7 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import FileLogObserver, Logger, globalLogPublisher
 
+from haven_agent.backoff import backoff_delay
 from haven_agent.config import ProxyConfig
 from haven_agent.reuse_port import ListenAddress
 
@@ -210,7 +211,8 @@ class WorkerPool(Service):
         self.clock = reactor
         self._executable = executable
         self.workers: dict[int, WorkerProcess] = {}
-        self._delays: dict[int, float] = {}
+        #: Quick failures in a row, per worker index.
+        self._failures: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._stopping = False
         self.logOutput: IO[str] | None = None
@@ -260,9 +262,12 @@ class WorkerPool(Service):
         if self._stopping:
             return
         ran = self.clock.seconds() - worker.started
-        delay = self._delays.get(worker.index, RESTART_DELAY)
-        if ran >= STABLE_AFTER:
-            delay = RESTART_DELAY
+        failures = 0 if ran >= STABLE_AFTER else self._failures.get(worker.index, 0)
+        # The project's backoff policy without its jitter: one host's
+        # workers do not need spreading out.
+        delay = backoff_delay(
+            failures, RESTART_DELAY_MAX, random=lambda: 0.0, base=RESTART_DELAY
+        )
         status = (
             "exited"
             if reason.check(ProcessDone)
@@ -275,7 +280,7 @@ class WorkerPool(Service):
             ran=ran,
             delay=delay,
         )
-        self._delays[worker.index] = min(delay * 2, RESTART_DELAY_MAX)
+        self._failures[worker.index] = failures + 1
         self._restarts[worker.index] = self.clock.callLater(
             delay, self._spawn, worker.index
         )

@@ -157,6 +157,41 @@ class WorkerProcessOutputTests(TestCase):
         )
 
 
+class RestartDelayTests(TestCase):
+    def test_quickFailuresBackOff(self):
+        """
+        A worker that keeps failing at once waits 1, 2, 4, ... s, at most
+        30 s; one that ran a while starts over at 1 s.
+        """
+        from twisted.internet.task import Clock
+        from twisted.python.failure import Failure
+
+        from haven_agent.workers import WorkerPool, WorkerProcess
+
+        clock = Clock()
+        config = ProxyConfig(
+            listen=("tcp:0",),
+            docker="unix:/var/run/docker.sock",
+            user="admin",
+            password="pw",
+            passwordIsDefault=False,
+            tlsCert=None,
+            tlsKey=None,
+            stateDir="/tmp",
+            serverNames=(),
+        )
+        pool = WorkerPool(config, [], "text", 1, clock)
+        delays = []
+        for ran in (0, 0, 0, 0, 0, 0, 0, 31, 0):
+            worker = WorkerProcess(pool, 1)
+            clock.advance(ran)
+            pool.workerEnded(worker, Failure(RuntimeError("gone")))
+            restart = pool._restarts.pop(1)
+            delays.append(restart.getTime() - clock.seconds())
+            restart.cancel()
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 30, 30, 1, 2])
+
+
 class ReusePortListenerTests(TestCase):
     def test_twoListenersOnePort(self):
         """
