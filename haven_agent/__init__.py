@@ -1,1 +1,3 @@
 """haven-agent: the node agent of a Haven Docker cluster."""
+
+__version__ = "0.1.0"

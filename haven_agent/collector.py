@@ -33,6 +33,7 @@ from haven_agent.host_metrics import (
     read_network,
 )
 from haven_agent.node_identity import advertised_address, local_address_towards
+from haven_agent.recurring_problem import RecurringProblem
 from haven_agent.report import (
     HostSnapshot,
     build_report,
@@ -64,12 +65,15 @@ class NodeCollector:
     _address: str | None = None
     _networkFilesystems: bool = False
     _cpu: CpuLoadMeter = field(init=False)
-    _dockerDown: bool = field(init=False, default=False)
+    _dockerDown: RecurringProblem = field(init=False)
+    _addressUnknown: RecurringProblem = field(init=False)
     lastDuration: float | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         root = self._root
         self._cpu = CpuLoadMeter(lambda: read_cpu_times(root.proc))
+        self._dockerDown = RecurringProblem(log)
+        self._addressUnknown = RecurringProblem(log)
 
     @inlineCallbacks
     def collect(self):
@@ -108,17 +112,15 @@ class NodeCollector:
             info = yield self._docker.info()
             containers = yield self._docker.containers()
         except DockerUnavailable as e:
-            if not self._dockerDown:
-                log.warn(
-                    "Docker is unavailable ({problem}); reporting host metrics "
-                    "without labels and containers",
-                    problem=str(e),
-                )
-            self._dockerDown = True
+            self._dockerDown.occurred(
+                str(e),
+                "Docker is unavailable ({problem}); reporting host metrics "
+                "without labels and containers",
+            )
             return {}, []
-        if self._dockerDown:
-            log.info("Docker is available again")
-        self._dockerDown = False
+        self._dockerDown.cleared(
+            "Docker is available again (unavailable for {occurrences} reports)"
+        )
         return info, containers
 
     @inlineCallbacks
@@ -128,15 +130,27 @@ class NodeCollector:
             try:
                 ip = yield self._runInThread(local_address_towards, host, port)
             except OSError as e:
-                log.warn(
+                self._addressUnknown.occurred(
+                    str(e),
                     "cannot tell which local address reaches {host}: {problem}; "
                     "set --address",
                     host=host,
-                    problem=str(e),
                 )
                 return advertised_address("127.0.0.1", self._listenPort)
+            self._addressUnknown.cleared(
+                "found the local address that reaches {host} (after {occurrences} "
+                "failed attempts)",
+                host=host,
+            )
             self._address = advertised_address(ip, self._listenPort)
             log.info("advertising {address} to the master", address=self._address)
+            if "[" in self._address:
+                log.warn(
+                    "{address} is an IPv6 address, which the stock Haven master "
+                    "cannot connect to; give this host an IPv4 address or set "
+                    "--address",
+                    address=self._address,
+                )
         return self._address
 
 

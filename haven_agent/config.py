@@ -11,6 +11,8 @@ read as they are, so an existing start string needs no edit.
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Mapping
 
 from attrs import field, frozen
 
@@ -18,6 +20,20 @@ DEFAULT_PORT = 8771
 DEFAULT_PASSWORD = "password"
 DEFAULT_DOCKER = "unix:/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/haven-agent"
+
+
+@frozen
+class Sources:
+    """
+    Where each setting came from, so that a message about a bad value names
+    what the user actually set: the flag (C{--master}) or the environment
+    variable (C{dm_agent_notifier_server}).
+    """
+
+    names: Mapping[str, str] = field(factory=dict)
+
+    def of(self, option: str) -> str:
+        return self.names.get(option, f"--{option}")
 
 
 @frozen
@@ -51,6 +67,7 @@ class ProxyConfig:
     shutdownGrace: float = 5.0
     #: Processes serving the proxy (see haven_agent.workers).
     workers: int = 1
+    sources: Sources = field(factory=Sources, eq=False, repr=False)
 
 
 UNIX_PATH_MAX = 107
@@ -80,15 +97,60 @@ def docker_endpoint(value: str) -> str:
     return value
 
 
+def endpoint_parts(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    An endpoint description split as Twisted splits it: its type, its
+    positional arguments and its keyword arguments, with C{\\} escaping the
+    next character (C{tcp6:8771:interface=\\:\\:} is port 8771 on C{::}).
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for character in description:
+        if escaped:
+            current.append(character)
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    fields.append("".join(current))
+    kind, args, kwargs = fields[0], [], {}
+    for item in fields[1:]:
+        key, equals, value = item.partition("=")
+        if equals:
+            kwargs[key] = value
+        else:
+            args.append(item)
+    return kind, args, kwargs
+
+
+#: Endpoint types whose first argument is a TCP port.
+TCP_TYPES = ("tcp", "tcp6")
+
+
+def endpoint_port(description: str) -> str | None:
+    """
+    The port of a TCP server endpoint description as written (C{tcp:8771},
+    C{tcp:port=8771:interface=x}), or None for other kinds of endpoint.
+    """
+    kind, args, kwargs = endpoint_parts(description)
+    if kind not in TCP_TYPES:
+        return None
+    return kwargs.get("port", args[0] if args else None)
+
+
 def listen_port(description: str) -> int:
     """
     The port of a server endpoint description such as tcp:8771:interface=x
     or tcp:port=8771, for the address advertised to the master.
     """
-    for part in description.split(":")[1:]:
-        value = part.removeprefix("port=")
-        if value.isdigit():
-            return int(value)
+    port = endpoint_port(description)
+    if port is not None and port.isdigit():
+        return int(port)
     return DEFAULT_PORT
 
 
@@ -99,6 +161,43 @@ def listen_endpoint(value: str) -> str:
     if value.isdigit():
         return f"tcp:{value}"
     return value
+
+
+#: Every address of both families, as a description (IPv4 clients arrive
+#: as IPv4-mapped addresses when the socket is dual stack).
+ANY_IPV6 = "interface=\\:\\:"
+
+
+def default_listen(port: int, ipv6: bool, ipv6Only: bool) -> tuple[str, ...]:
+    """
+    Where to listen without --listen: every IPv6 and IPv4 address of the
+    host when it has IPv6, with one dual-stack socket unless the kernel makes
+    IPv6 sockets IPv6-only (then one socket per family); IPv4 alone when
+    the host has no IPv6.
+    """
+    if not ipv6:
+        return (f"tcp:{port}",)
+    if ipv6Only:
+        return (f"tcp:{port}", f"tcp6:{port}:{ANY_IPV6}")
+    return (f"tcp6:{port}:{ANY_IPV6}",)
+
+
+def probe_ipv6(bindv6only: str = "/proc/sys/net/ipv6/bindv6only") -> tuple[bool, bool]:
+    """
+    Does this host have IPv6 (can a socket bind C{::1})? And are IPv6
+    sockets IPv6-only by default (C{net.ipv6.bindv6only})?
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False, False
+    try:
+        with open(bindv6only, encoding="ascii") as f:
+            ipv6Only = f.read().strip() == "1"
+    except OSError:
+        ipv6Only = False
+    return True, ipv6Only
 
 
 DEFAULT_INTERVAL = 60.0

@@ -55,6 +55,7 @@ from haven_agent.http_head import (
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
 from haven_agent.throttle import FailureThrottle
+from haven_agent.tls_failure import describe_close
 from haven_agent.tls_reload import client_identity
 
 AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
@@ -170,6 +171,21 @@ class RequestRecord:
         return cls(head.method.decode("latin-1"), target, user, now)
 
 
+def peer_label(peer) -> str:
+    """
+    C{host:port} of a client for the log and the throttle: an IPv4 client of
+    a dual-stack socket as its IPv4 address (not C{::ffff:10.0.0.5}), an IPv6
+    one in brackets.
+    """
+    host = str(getattr(peer, "host", peer))
+    port = getattr(peer, "port", "")
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 @implementer(IHalfCloseableProtocol)
 class GateProtocol(Protocol):
     """
@@ -179,7 +195,7 @@ class GateProtocol(Protocol):
     def __init__(self, factory: GateFactory, peer) -> None:
         self._factory = factory
         self._clock = factory.clock
-        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._peer = peer_label(peer)
         self._reader = HeadReader()
         self._body: LengthBody | ChunkedBody | None = None
         self._docker: DockerConnection | None = None
@@ -260,7 +276,7 @@ class GateProtocol(Protocol):
             log.info(
                 "{peer}: closed before any request ({why})",
                 peer=self._peer,
-                why=reason.getErrorMessage() if reason is not None else "closed",
+                why=describe_close(reason),
             )
         self._finished = True
         self._factory.connections.discard(self)

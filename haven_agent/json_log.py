@@ -30,6 +30,8 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from haven_agent.log_level import wanted
+
 # What the line itself says; event fields of these names are renamed.
 RESERVED = ("time", "level", "namespace", "text", "system", "failure")
 RENAMED_PREFIX = "field_"
@@ -50,14 +52,18 @@ class JSONLinesObserver:
 
     It never raises: a field that cannot be converted is written as its
     C{repr()}, an event that cannot be converted at all still gives a line
-    saying so, and a line that cannot be written is dropped.
+    saying so, and a line that cannot be written is dropped. Events less
+    important than C{level} give no line.
     """
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], level: LogLevel = LogLevel.debug) -> None:
         self._out = out
+        self._level = level
 
     def __call__(self, event: dict[str, Any]) -> None:
         try:
+            if not wanted(event, self._level):
+                return
             line = event_line(event)
         except Exception as error:
             line = _unloggable(event, error)
@@ -69,11 +75,12 @@ class JSONLinesObserver:
             pass
 
 
-def json_lines_observer(out: IO[str]) -> ILogObserver:
+def json_lines_observer(out: IO[str], level: LogLevel = LogLevel.debug) -> ILogObserver:
     """
-    A log observer writing one JSON object per line to C{out}.
+    A log observer writing one JSON object per line to C{out}, for events
+    of C{level} or above.
     """
-    return JSONLinesObserver(out)
+    return JSONLinesObserver(out, level)
 
 
 def event_line(event: dict[str, Any]) -> str:
@@ -264,12 +271,15 @@ class LogObserverService(MultiService):
         super().setServiceParent(parent)
 
 
-def use_json_logging(service: IService, out: IO[str] | None = None) -> MultiService:
+def use_json_logging(
+    service: IService, out: IO[str] | None = None, level: LogLevel = LogLevel.info
+) -> MultiService:
     """
-    Wrap C{service} so that, run by twistd, the agent logs JSON lines to
-    C{out} (the standard output by default, as it is when this is called:
-    twistd later replaces C{sys.stdout} with a file that logs).
+    Wrap C{service} so that, run by twistd, the agent logs JSON lines of
+    events of C{level} or above to C{out} (the standard output by default,
+    as it is when this is called: twistd later replaces C{sys.stdout} with a
+    file that logs).
     """
-    wrapper = LogObserverService(json_lines_observer(out or sys.stdout))
+    wrapper = LogObserverService(json_lines_observer(out or sys.stdout, level))
     service.setServiceParent(wrapper)
     return wrapper

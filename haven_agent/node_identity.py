@@ -64,10 +64,25 @@ def default_node_name(docker_name: str | None, hostname: str) -> str:
     return validate_node_name(chosen)
 
 
+#: Where the IPv4 default route leads; nothing is ever sent there.
+_DEFAULT_ROUTE_PROBE = ("192.0.2.1", 9)
+
+
+def _route_source(family: int, kind: int, proto: int, sockaddr) -> str:
+    with socket.socket(family, kind, proto) as probe:
+        probe.connect(sockaddr)
+        # An IPv6 link-local address carries "%scope", meaningless to the master.
+        return str(probe.getsockname()[0]).split("%", 1)[0]
+
+
 def local_address_towards(host: str, port: int) -> str:
     """
     The IP literal of the local interface the kernel would use to reach
-    C{host}:C{port}.
+    C{host}:C{port}, an IPv4 one where there is any: the stock Haven master
+    cannot connect to an IPv6 address (it does not parse a bracketed host and
+    stores an address Java cannot use). When C{host} is reached over IPv6
+    only, the address of the IPv4 default route is taken instead, and the
+    IPv6 one only when the host has no IPv4 route at all.
 
     BLOCKING (name resolution): call it from a thread or at start-up. A UDP
     socket is "connected" to pick the route; no packet is sent.
@@ -75,18 +90,26 @@ def local_address_towards(host: str, port: int) -> str:
     @raise OSError: when the host cannot be resolved or no route exists.
     """
     last_error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(
-        host, port, 0, socket.SOCK_DGRAM
+    ipv6: str | None = None
+    found = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+    for family, kind, proto, _, sockaddr in sorted(
+        found, key=lambda info: info[0] != socket.AF_INET
     ):
         try:
-            with socket.socket(family, kind, proto) as probe:
-                probe.connect(sockaddr)
-                local = probe.getsockname()[0]
+            local = _route_source(family, kind, proto, sockaddr)
         except OSError as error:
             last_error = error
             continue
-        # An IPv6 link-local address carries "%scope", meaningless to the master.
-        return str(local).split("%", 1)[0]
+        if family == socket.AF_INET:
+            return local
+        ipv6 = ipv6 or local
+    if ipv6 is not None:
+        try:
+            return _route_source(
+                socket.AF_INET, socket.SOCK_DGRAM, 0, _DEFAULT_ROUTE_PROBE
+            )
+        except OSError:
+            return ipv6
     raise last_error or OSError(f"no address found for {host!r}")
 
 

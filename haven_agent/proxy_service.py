@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -34,6 +35,7 @@ from haven_agent.docker_socket import docker_connector
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.reuse_port import ListenAddress, ReusePortListener
+from haven_agent.startup_errors import StartupError
 from haven_agent.throttle import FailureThrottle
 from haven_agent.tls_reload import (
     CertificateWatch,
@@ -114,6 +116,30 @@ class ProxyService(MultiService):
         return stopping
 
 
+class Listening(MultiService):
+    """
+    One listener, whose failure to bind stops start-up with one line naming
+    the address and the setting it came from, instead of a traceback.
+    """
+
+    def __init__(self, listener: IService, description: str, source: str) -> None:
+        super().__init__()
+        self._description = description
+        self._source = source
+        listener.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except (CannotListenError, OSError, OverflowError) as e:
+            # CannotListenError keeps the socket's error as socketError.
+            cause = getattr(e, "socketError", e)
+            reason = getattr(cause, "strerror", None) or str(cause)
+            raise StartupError(
+                f"{self._source}: cannot listen on {self._description}: {reason}"
+            ) from None
+
+
 def load_certificate(config: ProxyConfig) -> ServerCertificate:
     if config.tlsCert is not None and config.tlsKey is not None:
         return load_certificate_files(config.tlsCert, config.tlsKey)
@@ -180,16 +206,16 @@ def build_proxy_service(
     service = ProxyService(config, tls, gate, reactor)
     CertificateWatch(tls, reactor).setServiceParent(service)
     wrapped = wrapWithHalfCloseableTLS(tls, gate)
+    source = config.sources.of("listen")
     if reusePort is None:
         for description in config.listen:
-            strports.service(description, wrapped, reactor=reactor).setServiceParent(
-                service
-            )
+            listener = strports.service(description, wrapped, reactor=reactor)
+            Listening(listener, description, source).setServiceParent(service)
     else:
-        for address in reusePort:
-            listener = ReusePortListener(address, wrapped, reactor)
-            listener.setServiceParent(service)
-            service.reusePortListeners.append(listener)
+        for description, address in zip(config.listen, reusePort, strict=True):
+            shared = ReusePortListener(address, wrapped, reactor)
+            Listening(shared, description, source).setServiceParent(service)
+            service.reusePortListeners.append(shared)
     if is_bcrypt_hash(config.password):
         log.info("password is a bcrypt hash; each distinct credential is checked once")
     return service

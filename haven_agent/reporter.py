@@ -333,6 +333,8 @@ class ReporterService(_PeriodicService):
     accepted_reports: int = field(init=False, default=0)
     _schedule: _Schedule = field(init=False)
     _outcome: str | None = field(init=False, default=None)
+    #: Failed attempts since the master last accepted a report.
+    _failedAttempts: int = field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._schedule = _Schedule(
@@ -409,9 +411,14 @@ class ReporterService(_PeriodicService):
                     "{recovered}",
                     url=url,
                     name=self.node_name,
-                    recovered=" again" if self._outcome is not None else "",
+                    recovered=(
+                        f" again, after {self._failedAttempts} failed attempts"
+                        if self._outcome is not None
+                        else ""
+                    ),
                 )
             self._outcome = "accepted"
+            self._failedAttempts = 0
             return True
         if code == 401:
             if self._changed("refused-secret"):
@@ -461,6 +468,7 @@ class ReporterService(_PeriodicService):
         """Record a failure outcome; True when it differs from the last one."""
         changed = outcome != self._outcome
         self._outcome = outcome
+        self._failedAttempts += 1
         return changed
 
 

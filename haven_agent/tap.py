@@ -10,13 +10,18 @@ setting names are accepted as they are (see `ENVIRONMENT`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from OpenSSL import crypto
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import Certificate
+from twisted.logger import LogLevel
 from twisted.python import usage
 
+from haven_agent import __version__
 from haven_agent.certificates import CertificateError, load_client_ca
 from haven_agent.config import (
     DEFAULT_DOCKER,
@@ -26,11 +31,16 @@ from haven_agent.config import (
     DEFAULT_STATE_DIR,
     ProxyConfig,
     ReporterConfig,
+    Sources,
+    default_listen,
     docker_endpoint,
+    endpoint_port,
     listen_endpoint,
     listen_port,
+    probe_ipv6,
 )
 from haven_agent.gate import AUTH_MODES
+from haven_agent.log_level import LOG_LEVEL_NAMES, LOG_LEVELS
 from haven_agent.node_identity import validate_node_name
 from haven_agent.reuse_port import listen_addresses
 
@@ -59,6 +69,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
     "workers": ("HAVEN_AGENT_WORKERS",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
+    "log-level": ("HAVEN_AGENT_LOG_LEVEL",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
     "secret": ("HAVEN_AGENT_SECRET", "dm_agent_notifier_secret"),
     "interval": ("HAVEN_AGENT_INTERVAL",),
@@ -67,6 +78,45 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "host-root": ("HAVEN_AGENT_HOST_ROOT", "dm_agent_notifier_rootPath"),
     "master-ca": ("HAVEN_AGENT_MASTER_CA",),
 }
+
+
+def version_line() -> str:
+    """
+    C{haven-agent X (Twisted Y, Python Z, OpenSSL W)}: what a bug report
+    needs to know.
+    """
+    import platform
+
+    from OpenSSL import SSL
+
+    from twisted import __version__ as twisted
+
+    openssl = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode("ascii", "replace")
+    return (
+        f"haven-agent {__version__} (Twisted {twisted}, Python "
+        f"{platform.python_version()}, {openssl})"
+    )
+
+
+def master_url_problem(url: str) -> str | None:
+    """
+    What keeps C{url} from being a master's base URL the reporter can POST
+    to, or None when nothing does.
+    """
+    if url != url.strip() or any(c.isspace() for c in url):
+        return "it contains white space"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname:
+        return "it names no host"
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if port == 0:
+        return "its port is not a number from 1 to 65535"
+    return None
 
 
 class Options(usage.Options):
@@ -213,6 +263,13 @@ class Options(usage.Options):
             "[env HAVEN_AGENT_LOG_FORMAT; default text]",
         ],
         [
+            "log-level",
+            None,
+            None,
+            "Least important events logged: debug, info, warn or error "
+            "[env HAVEN_AGENT_LOG_LEVEL; default info]",
+        ],
+        [
             "master",
             None,
             None,
@@ -270,14 +327,42 @@ class Options(usage.Options):
             "network-filesystems",
             None,
             "Also report disk usage of network file systems (NFS, CIFS, ...) "
-            "[env HAVEN_AGENT_NETWORK_FILESYSTEMS=1]",
+            "[env HAVEN_AGENT_NETWORK_FILESYSTEMS=1 (or true, yes, on)]",
         ],
     ]
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        probeIPv6: Callable[[], tuple[bool, bool]] = probe_ipv6,
+    ) -> None:
         super().__init__()
         self._environ = os.environ if environ is None else environ
+        self._probeIPv6 = probeIPv6
+        self._sources: dict[str, str] = {}
         self["listen"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, and under twistd turn a usage error into its one line and a
+        hint on standard error, instead of the whole help before the line.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(
+                f"twistd haven-agent: {e}\nsee twistd haven-agent --help\n"
+            )
+            raise SystemExit(1) from None
+
+    def opt_version(self) -> None:
+        """
+        Print the agent's version and those of what it runs on, and exit.
+        """
+        print(version_line())
+        raise SystemExit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         self["listen"].append(listen_endpoint(endpoint))
@@ -291,12 +376,18 @@ class Options(usage.Options):
 
     def _fromEnvironment(self, name: str) -> str | None:
         if self[name] is not None:
+            self._sources[name] = f"--{name}"
             return self[name]
         for variable in ENVIRONMENT[name]:
             value = self._environ.get(variable)
             if value:
+                self._sources[name] = variable
                 return value
         return None
+
+    def _source(self, name: str) -> str:
+        """The flag or environment variable the value of C{name} came from."""
+        return self._sources.get(name, f"--{name}")
 
     def _count(self, name: str, default: int) -> int:
         value = self._fromEnvironment(name)
@@ -304,19 +395,23 @@ class Options(usage.Options):
             return default
         if not value.isdigit() or int(value) < 1:
             raise usage.UsageError(
-                f"--{name} must be a whole number >= 1, not {value!r}"
+                f"{self._source(name)} must be a whole number >= 1, not {value!r}"
             )
         return int(value)
 
     def _workers(self, listen: tuple[str, ...]) -> int:
         workers = self._count("workers", 1)
         if workers > MAX_WORKERS:
-            raise usage.UsageError(f"--workers must be at most {MAX_WORKERS}")
+            raise usage.UsageError(
+                f"{self._source('workers')} must be at most {MAX_WORKERS}"
+            )
         if workers > 1:
             try:
                 listen_addresses(listen)
             except ValueError as e:
-                raise usage.UsageError(f"--workers {workers}: {e}") from None
+                raise usage.UsageError(
+                    f"{self._source('workers')} {workers}: {e}"
+                ) from None
         return workers
 
     def _seconds(self, name: str, default: float, allowZero: bool = False) -> float:
@@ -329,48 +424,85 @@ class Options(usage.Options):
             seconds = -1.0
         if seconds < 0 or (seconds == 0 and not allowZero) or seconds != seconds:
             raise usage.UsageError(
-                f"--{name} must be a number of seconds, not {value!r}"
+                f"{self._source(name)} must be a number of seconds, not {value!r}"
             )
         return seconds
 
-    def postOptions(self) -> None:
+    def _listen(self) -> tuple[str, ...]:
         listen = tuple(self["listen"])
-        if not listen:
+        if listen:
+            self._sources["listen"] = "--listen"
+        else:
             fromEnv = self._environ.get("HAVEN_AGENT_LISTEN", "").split()
-            port = self._environ.get("server_port") or str(DEFAULT_PORT)
-            if not port.isdigit():
-                raise usage.UsageError(
-                    f"server_port must be a port number, not {port!r}"
-                )
-            listen = tuple(listen_endpoint(item) for item in fromEnv) or (
-                f"tcp:{port}",
-            )
+            listen = tuple(listen_endpoint(item) for item in fromEnv)
+            if listen:
+                self._sources["listen"] = "HAVEN_AGENT_LISTEN"
+        if not listen:
+            port = self._environ.get("server_port")
+            if port is not None:
+                self._sources["listen"] = "server_port"
+                if not (port.isdigit() and 0 < int(port) < 65536):
+                    raise usage.UsageError(
+                        f"server_port must be a port number (1-65535), not {port!r}"
+                    )
+            else:
+                self._sources["listen"] = "the default --listen"
+            ipv6, ipv6Only = self._probeIPv6()
+            listen = default_listen(int(port or DEFAULT_PORT), ipv6, ipv6Only)
         for endpoint in listen:
-            if endpoint.split(":", 1)[0] in ("ssl", "tls"):
-                raise usage.UsageError(
-                    f"--listen {endpoint}: TLS is always added; give a plain "
-                    "endpoint such as tcp:8771"
-                )
+            self._checkListen(endpoint)
+        return listen
+
+    def _checkListen(self, endpoint: str) -> None:
+        source = self._source("listen")
+        if endpoint.split(":", 1)[0] in ("ssl", "tls"):
+            raise usage.UsageError(
+                f"{source} {endpoint}: TLS is always added; give a plain "
+                "endpoint such as tcp:8771"
+            )
+        try:
+            # Parsing only: nothing listens until the service starts.
+            serverFromString(None, endpoint)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise usage.UsageError(
+                f"{source} {endpoint}: not a server endpoint ({e}); "
+                "give one such as tcp:8771 or tcp:8771:interface=10.0.0.5"
+            ) from None
+        port = endpoint_port(endpoint)
+        if port is not None and not (port.isdigit() and int(port) < 65536):
+            raise usage.UsageError(
+                f"{source} {endpoint}: the port must be a number from 0 to 65535"
+            )
+
+    def postOptions(self) -> None:
+        listen = self._listen()
 
         password = self._fromEnvironment("password")
         passwordFile = self._fromEnvironment("password-file")
         if passwordFile is not None:
+            source = self._source("password-file")
             if self["password"] is not None:
-                raise usage.UsageError("give --password or --password-file, not both")
+                raise usage.UsageError(f"give --password or {source}, not both")
             try:
                 with open(passwordFile, encoding="utf-8") as f:
                     password = f.read().rstrip("\r\n")
             except OSError as e:
                 raise usage.UsageError(
-                    f"cannot read --password-file {passwordFile}: {e.strerror}"
+                    f"cannot read {source} {passwordFile}: {e.strerror}"
                 ) from None
             if not password:
-                raise usage.UsageError(f"--password-file {passwordFile} is empty")
+                raise usage.UsageError(f"{source} {passwordFile} is empty")
 
         tlsCert = self._fromEnvironment("tls-cert")
         tlsKey = self._fromEnvironment("tls-key")
         if (tlsCert is None) != (tlsKey is None):
-            raise usage.UsageError("--tls-cert and --tls-key go together")
+            given, missing = (
+                ("tls-cert", "tls-key") if tlsKey is None else ("tls-key", "tls-cert")
+            )
+            raise usage.UsageError(
+                f"{self._source(given)} needs --{missing} too "
+                f"(env {ENVIRONMENT[missing][0]})"
+            )
 
         headTimeout = self._seconds("head-timeout", 30.0)
 
@@ -379,32 +511,42 @@ class Options(usage.Options):
             try:
                 load_client_ca(clientCA)
             except CertificateError as e:
-                raise usage.UsageError(f"--tls-client-ca: {e}") from None
+                raise usage.UsageError(
+                    f"{self._source('tls-client-ca')}: {e}"
+                ) from None
         authMode = self._fromEnvironment("auth") or (
             "both" if clientCA is not None else "password"
         )
         if authMode not in AUTH_MODES:
             raise usage.UsageError(
-                f"--auth must be one of {', '.join(AUTH_MODES)}, not {authMode!r}"
+                f"{self._source('auth')} must be one of {', '.join(AUTH_MODES)}, "
+                f"not {authMode!r}"
             )
         if authMode != "password" and clientCA is None:
-            raise usage.UsageError(f"--auth {authMode} needs --tls-client-ca")
+            raise usage.UsageError(
+                f"{self._source('auth')} {authMode} needs --tls-client-ca"
+            )
         readOnlyUser = self._fromEnvironment("readonly-user") or "readonly"
         readOnlyPassword = self._fromEnvironment("readonly-password")
         user = self._fromEnvironment("user") or "admin"
         if readOnlyPassword is not None and readOnlyUser == user:
-            raise usage.UsageError("--readonly-user must differ from --user")
+            raise usage.UsageError(
+                f"{self._source('readonly-user')} must differ from "
+                f"{self._source('user')}"
+            )
         logFormat = self._fromEnvironment("log-format") or "text"
         if logFormat not in ("text", "json"):
             raise usage.UsageError(
-                f"--log-format must be text or json, not {logFormat!r}"
+                f"{self._source('log-format')} must be text or json, "
+                f"not {logFormat!r}"
             )
         self.logFormat = logFormat
+        self.logLevel = self._logLevel()
         names = self._fromEnvironment("server-names") or ""
         try:
             docker = docker_endpoint(self._fromEnvironment("docker") or DEFAULT_DOCKER)
         except ValueError as e:
-            raise usage.UsageError(f"--docker: {e}") from None
+            raise usage.UsageError(f"{self._source('docker')}: {e}") from None
         self.config = ProxyConfig(
             listen=listen,
             docker=docker,
@@ -425,36 +567,64 @@ class Options(usage.Options):
             maxUnauthenticated=self._count("max-unauthenticated", 512),
             shutdownGrace=self._seconds("shutdown-grace", 5.0, allowZero=True),
             workers=self._workers(listen),
+            sources=Sources(dict(self._sources)),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
 
+    def _logLevel(self) -> LogLevel:
+        name = (self._fromEnvironment("log-level") or "info").lower()
+        level = LOG_LEVELS.get(name)
+        if level is None:
+            raise usage.UsageError(
+                f"{self._source('log-level')} must be one of "
+                f"{', '.join(LOG_LEVEL_NAMES)}, not {name!r}"
+            )
+        return level
+
+    def _flag(self, name: str, variable: str) -> bool:
+        if self[name]:
+            return True
+        value = self._environ.get(variable, "").strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        raise usage.UsageError(
+            f"{variable} must be 1, true, yes or on (or 0, false, no, off), "
+            f"not {value!r}"
+        )
+
     def _reporterConfig(self, listen: str, docker: str) -> ReporterConfig:
         master = self._fromEnvironment("master")
-        if master is not None and not master.startswith(("http://", "https://")):
-            raise usage.UsageError(
-                f"--master must be an http:// or https:// URL, not {master!r}"
-            )
+        if master is not None:
+            problem = master_url_problem(master)
+            if problem is not None:
+                raise usage.UsageError(
+                    f"{self._source('master')} must be an http:// or https:// "
+                    f"URL such as http://10.0.0.1:8761, not {master!r}: {problem}"
+                )
         seconds = self._seconds("interval", DEFAULT_INTERVAL)
         nodeName = self._fromEnvironment("node-name")
         if nodeName is not None:
             try:
                 validate_node_name(nodeName)
             except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+                raise usage.UsageError(f"{self._source('node-name')}: {e}") from None
         address = self._fromEnvironment("address")
         if address is not None and not address.startswith(("http://", "https://")):
             raise usage.UsageError(
-                "--address must be a URL such as https://10.0.0.5:8771, "
-                f"not {address!r}"
+                f"{self._source('address')} must be a URL such as "
+                f"https://10.0.0.5:8771, not {address!r}"
             )
         hostRoot = self._fromEnvironment("host-root") or "/"
         if not os.path.isabs(hostRoot):
             raise usage.UsageError(
-                f"--host-root must be an absolute path, not {hostRoot!r}"
+                f"{self._source('host-root')} must be an absolute path, "
+                f"not {hostRoot!r}"
             )
-        networkFilesystems = bool(self["network-filesystems"]) or self._environ.get(
-            "HAVEN_AGENT_NETWORK_FILESYSTEMS", ""
-        ).lower() in ("1", "true", "yes")
+        networkFilesystems = self._flag(
+            "network-filesystems", "HAVEN_AGENT_NETWORK_FILESYSTEMS"
+        )
         masterCA = self._fromEnvironment("master-ca")
         if masterCA is not None:
             try:
@@ -462,7 +632,8 @@ class Options(usage.Options):
                     Certificate.loadPEM(f.read())
             except (OSError, ValueError, crypto.Error) as e:
                 raise usage.UsageError(
-                    f"--master-ca {masterCA}: not a readable PEM certificate ({e})"
+                    f"{self._source('master-ca')} {masterCA}: not a readable PEM "
+                    f"certificate ({e})"
                 ) from None
         return ReporterConfig(
             master=master,
@@ -481,41 +652,62 @@ class Options(usage.Options):
 def makeService(options: Options) -> MultiService:
     """
     The agent: the TLS listener(s) of the Docker API proxy and the reporter.
+
+    A start-up failure it can explain (a certificate, a port) ends the
+    process with one line naming the setting at fault, not a traceback.
     """
     from twisted.internet import reactor
 
-    from haven_agent.proxy_service import build_proxy_service
-    from haven_agent.reporting import NodeReporting
+    from haven_agent.startup_errors import StartupError, explain_startup_errors
 
+    explain_startup_errors()
     agent = MultiService()
     config = options.config
     if options.logFormat == "text":
-        from haven_agent.text_log import FasterTextLogs
+        from haven_agent.text_log import TextLogSettings
 
-        FasterTextLogs().setServiceParent(agent)
-    if config.workers == 1:
-        build_proxy_service(config, reactor).setServiceParent(agent)
-    else:
-        from haven_agent.workers import WorkerPool
+        TextLogSettings(options.logLevel).setServiceParent(agent)
+    try:
+        for service in _proxy(config, options, reactor):
+            service.setServiceParent(agent)
+    except CertificateError as e:
+        raise StartupError(f"{_certificateSource(config)}: {e}") from None
+    from haven_agent.reporting import NodeReporting
 
-        proxy = build_proxy_service(
-            config, reactor, reusePort=listen_addresses(config.listen)
-        )
-        proxy.setServiceParent(agent)
-        # A sibling of the proxy, not its child: the workers' graceful stop
-        # runs alongside this process's own.
-        pool = WorkerPool(
-            config,
-            proxy.reusePortListeners,
-            options.logFormat,
-            config.workers - 1,
-            reactor,
-        )
-        pool.setServiceParent(agent)
-        proxy.onReload.append(lambda: pool.signalAll("HUP"))
     NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
     if options.logFormat == "json":
         from haven_agent.json_log import use_json_logging
 
-        return use_json_logging(agent)
+        return use_json_logging(agent, level=options.logLevel)
     return agent
+
+
+def _proxy(config: ProxyConfig, options: Options, reactor) -> list[IService]:
+    from haven_agent.proxy_service import build_proxy_service
+
+    if config.workers == 1:
+        return [build_proxy_service(config, reactor)]
+    from haven_agent.workers import WorkerPool
+
+    proxy = build_proxy_service(
+        config, reactor, reusePort=listen_addresses(config.listen)
+    )
+    # The pool is a sibling of the proxy, not its child: the workers'
+    # graceful stop runs alongside this process's own.
+    pool = WorkerPool(
+        config,
+        proxy.reusePortListeners,
+        options.logFormat,
+        config.workers - 1,
+        reactor,
+        logLevel=options.logLevel,
+    )
+    proxy.onReload.append(lambda: pool.signalAll("HUP"))
+    return [proxy, pool]
+
+
+def _certificateSource(config: ProxyConfig) -> str:
+    """The settings a certificate problem comes from."""
+    if config.tlsCert is not None:
+        return f"{config.sources.of('tls-cert')} / {config.sources.of('tls-key')}"
+    return config.sources.of("state-dir")

@@ -15,7 +15,8 @@ twistd builds its text file observer itself (for `--logfile`, standard
 output, rotation); `speed_up_text_logs` changes only that observer's
 `formatEvent`, and only after checking that the new formatter writes the
 very lines the old one did, so a different format (`--logger`, a changed
-Twisted) is left alone.
+Twisted) is left alone. `TextLogSettings` then puts `--log-level`'s filter in
+front of the observers it finds.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from twisted.logger import (
     globalLogPublisher,
     timeFormatRFC3339,
 )
+
+from haven_agent.log_level import at_level
 
 #: The format of events whose message is ready-made in `_text`.
 READY_MADE = "{_text}"
@@ -130,12 +133,31 @@ def speed_up_text_logs(publisher: Any = globalLogPublisher) -> int:
     return changed
 
 
-class FasterTextLogs(Service):
+def filter_text_logs(level: LogLevel, publisher: Any = globalLogPublisher) -> int:
     """
-    Applies L{speed_up_text_logs} once logging has begun, which under twistd
-    is before any service starts.
+    Make the text file observers of C{publisher} write only events of
+    C{level} or above.
+
+    @return: how many observers are filtered.
     """
+    filtered = 0
+    for observer in list(getattr(publisher, "_observers", ())):
+        if isinstance(observer, FileLogObserver):
+            observer.formatEvent = at_level(observer.formatEvent, level)
+            filtered += 1
+    return filtered
+
+
+class TextLogSettings(Service):
+    """
+    Applies L{speed_up_text_logs} and the log level once logging has begun,
+    which under twistd is before any service starts.
+    """
+
+    def __init__(self, level: LogLevel = LogLevel.info) -> None:
+        self._level = level
 
     def startService(self) -> None:
         super().startService()
         speed_up_text_logs()
+        filter_text_logs(self._level)

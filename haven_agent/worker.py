@@ -47,16 +47,17 @@ def main() -> None:
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit("haven_agent.worker: no settings on stdin (started by hand?)")
-    config, addresses, logFormat, index = read_worker_spec(line)
+    config, addresses, logFormat, index, logLevel = read_worker_spec(line)
 
     if logFormat == "json":
         from haven_agent.json_log import json_lines_observer
 
-        observer = json_lines_observer(sys.stdout)
+        observer = json_lines_observer(sys.stdout, logLevel)
     else:
+        from haven_agent.log_level import at_level
         from haven_agent.text_log import ClassicTextFormat
 
-        observer = FileLogObserver(sys.stdout, ClassicTextFormat())
+        observer = FileLogObserver(sys.stdout, at_level(ClassicTextFormat(), logLevel))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from twisted.internet import reactor, stdio

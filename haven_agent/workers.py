@@ -38,10 +38,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import FileLogObserver, Logger, globalLogPublisher
+from twisted.logger import FileLogObserver, Logger, LogLevel, globalLogPublisher
 
 from haven_agent.backoff import backoff_delay
-from haven_agent.config import ProxyConfig
+from haven_agent.config import ProxyConfig, Sources
 from haven_agent.reuse_port import ListenAddress
 
 log = Logger()
@@ -61,7 +61,11 @@ KILL_MARGIN = 5.0
 
 
 def worker_spec(
-    config: ProxyConfig, addresses: list[ListenAddress], logFormat: str, index: int
+    config: ProxyConfig,
+    addresses: list[ListenAddress],
+    logFormat: str,
+    index: int,
+    logLevel: LogLevel = LogLevel.info,
 ) -> bytes:
     """
     The JSON line a worker reads on stdin.
@@ -72,6 +76,7 @@ def worker_spec(
                 "config": asdict(config),
                 "listen": [address.as_json() for address in addresses],
                 "logFormat": logFormat,
+                "logLevel": logLevel.name,
                 "index": index,
             }
         ).encode("utf-8")
@@ -79,16 +84,20 @@ def worker_spec(
     )
 
 
-def read_worker_spec(line: bytes) -> tuple[ProxyConfig, list[ListenAddress], str, int]:
+def read_worker_spec(
+    line: bytes,
+) -> tuple[ProxyConfig, list[ListenAddress], str, int, LogLevel]:
     spec = json.loads(line)
     values = dict(spec["config"])
     values["listen"] = tuple(values["listen"])
     values["serverNames"] = tuple(values["serverNames"])
+    values["sources"] = Sources(values["sources"]["names"])
     return (
         ProxyConfig(**values),
         [ListenAddress.from_json(item) for item in spec["listen"]],
         spec["logFormat"],
         int(spec["index"]),
+        LogLevel.levelWithName(spec["logLevel"]),
     )
 
 
@@ -202,8 +211,10 @@ class WorkerPool(Service):
         count: int,
         reactor: Any,
         executable: str = sys.executable,
+        logLevel: LogLevel = LogLevel.info,
     ) -> None:
         self._config = config
+        self._logLevel = logLevel
         self._listeners = listeners
         self._logFormat = logFormat
         self._count = count
@@ -223,7 +234,9 @@ class WorkerPool(Service):
         addresses = [
             listener.address.bound(listener.port) for listener in self._listeners
         ]
-        return worker_spec(self._config, addresses, self._logFormat, index)
+        return worker_spec(
+            self._config, addresses, self._logFormat, index, self._logLevel
+        )
 
     def startService(self) -> None:
         super().startService()

@@ -10,7 +10,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from haven_agent.healthcheck import ask, target
-from haven_agent.proxy_service import build_proxy_service
+from haven_agent.proxy_service import Listening, build_proxy_service
 from haven_agent.tap import Options
 from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
 
@@ -40,7 +40,7 @@ class AskTests(TestCase):
         service = build_proxy_service(options.config, reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        listener = [s for s in service if hasattr(s, "_waitingForPort")][0]
+        listener = [s for w in service if isinstance(w, Listening) for s in w][0]
         # Listening on TCP is synchronous; read the port without taking the
         # result away from stopService, which needs it.
         return listener._waitingForPort.result.getHost().port

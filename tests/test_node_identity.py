@@ -72,14 +72,39 @@ class LocalAddressTests(SynchronousTestCase):
     def test_loopback(self) -> None:
         self.assertEqual(local_address_towards("127.0.0.1", 1), "127.0.0.1")
 
-    def test_ipv6_loopback(self) -> None:
+    def test_ipv4_preferred_when_both_resolve(self) -> None:
+        """
+        A master name with IPv4 and IPv6 addresses is reached from the
+        IPv4 one, whatever order the resolver gives.
+        """
         if not socket.has_ipv6:
-            raise self.skipTest("no IPv6")
+            raise self.skipTest("this Python has no IPv6 support")
+        self.patch(
+            socket,
+            "getaddrinfo",
+            lambda *a, **k: [
+                (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("::1", 1, 0, 0)),
+                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", 1)),
+            ],
+        )
+        self.assertEqual(local_address_towards("both.example", 1), "127.0.0.1")
+
+    def test_ipv6_master_gets_an_ipv4_address(self) -> None:
+        """
+        Towards an IPv6-only master, the IPv4 default route's address is
+        advertised: the stock master cannot use an IPv6 one.
+        """
         try:
-            address = local_address_towards("::1", 1)
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+                probe.connect(("::1", 1))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect(("192.0.2.1", 9))
+                ipv4 = probe.getsockname()[0]
         except OSError as error:
-            raise self.skipTest(f"IPv6 loopback unavailable: {error}") from None
-        self.assertEqual(address, "::1")
+            raise self.skipTest(
+                f"this host lacks IPv6 loopback or an IPv4 default route: {error}"
+            ) from None
+        self.assertEqual(local_address_towards("::1", 1), ipv4)
 
     def test_unresolvable(self) -> None:
         self.assertRaises(OSError, local_address_towards, "no-such-host.invalid", 1)

@@ -12,11 +12,16 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from haven_agent.proxy_service import Listening
 from haven_agent.tap import Options, makeService
 
 
-def parse(args=(), environ=None) -> Options:
-    options = Options(environ=environ or {})
+def parse(args=(), environ=None, ipv6=(False, False)) -> Options:
+    """
+    Options parsed from C{args} and C{environ}, on a host whose IPv6 is
+    C{ipv6}: (has IPv6, IPv6 sockets are IPv6-only).
+    """
+    options = Options(environ=environ or {}, probeIPv6=lambda: ipv6)
     options.parseOptions(list(args))
     return options
 
@@ -183,7 +188,9 @@ class MakeServiceTests(SynchronousTestCase):
             s
             for proxy in service
             if isinstance(proxy, MultiService)
-            for s in proxy
+            for wrapper in proxy
+            if isinstance(wrapper, Listening)
+            for s in wrapper
             if isinstance(s, StreamServerEndpointService)
         ]
         self.assertEqual(len(listeners), 2)
@@ -317,7 +324,7 @@ class ReporterOptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertEqual(
             [type(s).__name__ for s in service],
-            ["FasterTextLogs", "ProxyService", "NodeReporting"],
+            ["TextLogSettings", "ProxyService", "NodeReporting"],
         )
         self.assertIsInstance(list(service)[2], NodeReporting)
 
@@ -337,11 +344,17 @@ class ReporterOptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertEqual(
             [type(s).__name__ for s in service],
-            ["FasterTextLogs", "ProxyService", "WorkerPool", "NodeReporting"],
+            ["TextLogSettings", "ProxyService", "WorkerPool", "NodeReporting"],
         )
         proxy = list(service)[1]
         self.assertEqual(
-            [type(s) for s in proxy if isinstance(s, ReusePortListener)],
+            [
+                type(s)
+                for wrapper in proxy
+                if isinstance(wrapper, Listening)
+                for s in wrapper
+                if isinstance(s, ReusePortListener)
+            ],
             [ReusePortListener],
         )
 

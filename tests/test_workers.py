@@ -25,6 +25,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
@@ -104,7 +105,9 @@ class SpecTests(TestCase):
         line = worker_spec(config, addresses, "json", 2)
         self.assertTrue(line.endswith(b"\n"))
         self.assertEqual(line.count(b"\n"), 1)
-        self.assertEqual(read_worker_spec(line), (config, addresses, "json", 2))
+        self.assertEqual(
+            read_worker_spec(line), (config, addresses, "json", 2, LogLevel.info)
+        )
 
 
 class LineRelayTests(TestCase):
