@@ -49,6 +49,6 @@ def describe_tls_error(error: SSL.Error) -> str:
             if isinstance(entry, tuple) and len(entry) == 3:
                 reasons.append(str(entry[2]))
     if not reasons:
-        return f"TLS failed: {error}"
+        return f"TLS failed: {error}" if str(error) else "TLS failed"
     meanings = [_MEANINGS.get(reason, reason) for reason in reasons]
     return "TLS failed: " + "; ".join(dict.fromkeys(meanings))
