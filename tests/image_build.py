@@ -338,7 +338,7 @@ def _context_ignore(directory: str, names: list[str]) -> list[str]:
     return [
         n
         for n in names
-        if n in (".git", "__pycache__", "build", "dist")
+        if n in (".git", ".venv", "__pycache__", "build", "dist")
         or n.startswith("_trial_temp")
         or n.endswith(".egg-info")
     ]
