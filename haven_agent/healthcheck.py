@@ -17,7 +17,7 @@ import socket
 import ssl
 import sys
 
-from haven_agent.config import listen_port
+from haven_agent.config import endpoint_parts, listen_port
 from haven_agent.health import HEALTH_PATH
 
 _LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -27,7 +27,7 @@ def target(listen: str) -> tuple[str, int]:
     """
     Where to reach an agent listening on endpoint description C{listen}.
     """
-    options = dict(part.split("=", 1) for part in listen.split(":")[1:] if "=" in part)
+    _, _, options = endpoint_parts(listen)
     host = options.get("interface", "")
     return _LOOPBACK.get(host, host), listen_port(listen)
 

@@ -20,6 +20,8 @@ class TargetTests(SynchronousTestCase):
         self.assertEqual(target("tcp:8771"), ("127.0.0.1", 8771))
         self.assertEqual(target("tcp:9000:interface=10.0.0.5"), ("10.0.0.5", 9000))
         self.assertEqual(target("tcp:port=9001:interface=0.0.0.0"), ("127.0.0.1", 9001))
+        self.assertEqual(target(r"tcp6:8771:interface=\:\:"), ("::1", 8771))
+        self.assertEqual(target(r"tcp6:port=9:interface=fd00\:\:5"), ("fd00::5", 9))
 
 
 class AskTests(TestCase):
