@@ -68,13 +68,18 @@ __all__ = [
 log = Logger()
 
 #: The container events that change what the report says about a node:
-#: the container list (create, destroy), names (rename) and running state
-#: (start, die). Others (exec, attach, health, top...) would only cause
-#: pointless early reports.
-CONTAINER_ACTIONS = frozenset({"create", "start", "die", "destroy", "rename"})
+#: the container list (create; destroy, which podman calls remove), names
+#: (rename) and running state (start, die). Others (exec, attach, health,
+#: top...) would only cause pointless early reports.
+CONTAINER_ACTIONS = frozenset(
+    {"create", "start", "die", "died", "destroy", "remove", "rename"}
+)
 
-#: The C{filters} query of the C{/events} subscription (dockerd's JSON form).
-EVENT_FILTERS = {"type": ["container"], "event": sorted(CONTAINER_ACTIONS)}
+#: The C{filters} query of the C{/events} subscription (dockerd's JSON
+#: form). Actions are picked here, not by the engine: podman matches an
+#: C{event} filter against its own names, so C{die} and C{destroy} would
+#: never arrive from it.
+EVENT_FILTERS = {"type": ["container"]}
 
 _HOST = b"http://docker"
 

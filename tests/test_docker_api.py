@@ -187,11 +187,7 @@ class DockerAPITests(TestCase):
         response = await self.client(running.description).events()
         self.assertEqual(response.code, 200)
         self.assertEqual(running.fake.event_filters, [EVENT_FILTERS])
-        self.assertEqual(EVENT_FILTERS["type"], ["container"])
-        self.assertEqual(
-            set(EVENT_FILTERS["event"]),
-            {"create", "start", "die", "destroy", "rename"},
-        )
+        self.assertEqual(EVENT_FILTERS, {"type": ["container"]})
         reader = Protocol()
         response.deliverBody(reader)
         cast(IPushProducer, reader.transport).stopProducing()
@@ -332,6 +328,23 @@ class DockerEventWatcherTests(SynchronousTestCase):
         for action in ("create", "start", "die", "destroy", "rename"):
             response.event("container", action)
         self.assertEqual(len(w.changes), 5)
+
+    def test_podman_names_call_on_change(self) -> None:
+        """
+        podman's names for a removed and a dead container count too.
+        """
+        w = self.watch()
+        response = w.subscriptions.accept()
+        for action in ("remove", "died"):
+            response.event("container", action)
+        self.assertEqual(len(w.changes), 2)
+
+    def test_podman_extra_events_ignored(self) -> None:
+        w = self.watch()
+        response = w.subscriptions.accept()
+        for action in ("init", "cleanup", "attach", "exec_create", "resize"):
+            response.event("container", action)
+        self.assertEqual(w.changes, [])
 
     def test_other_events_ignored(self) -> None:
         w = self.watch()
