@@ -893,7 +893,8 @@ class LifecycleTests(SynchronousTestCase):
 
     def test_non_root_with_docker_group(self) -> None:
         """--user haven-agent --group-add <socket's group> works, as documented;
-        the health check asks GET /_agent/health and logs one line per check."""
+        the health check asks GET /_agent/health and, at log level debug, the
+        agent logs one line per check."""
         gid = os.stat(self.dockerd.socket_path).st_gid
         agent = self.container(
             volume=f"hvimg-state-{secrets.token_hex(4)}",
@@ -903,6 +904,8 @@ class LifecycleTests(SynchronousTestCase):
                 "--group-add",
                 str(gid),
                 "--health-interval=1s",
+                "-e",
+                "HAVEN_AGENT_LOG_LEVEL=debug",
             ),
         )
         agent.start()
@@ -918,7 +921,9 @@ class LifecycleTests(SynchronousTestCase):
         requests = re.findall(r"(?m)\[haven_agent\.requests#debug\] (.*)$", logs)
         self.assertGreaterEqual(len(requests), 3, logs)
         for line in requests:
-            self.assertRegex(line, r"^127\.0\.0\.1:\d+ - GET /_agent/health: health")
+            self.assertRegex(
+                line, r"^(127\.0\.0\.1|\[::1\]):\d+ - GET /_agent/health: health"
+            )
         self.assertNotRegex(logs, LOG_PROBLEMS)
         pid = agent.state()["Pid"]
         with open(f"/proc/{pid}/status") as f:
