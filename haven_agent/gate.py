@@ -52,6 +52,8 @@ from haven_agent.http_head import (
     HijackAnswer,
     RequestHead,
 )
+from haven_agent.log_safe import printable, printable_bytes
+from haven_agent.read_only import read_only_refusal
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
 from haven_agent.throttle import FailureThrottle
@@ -165,10 +167,15 @@ class RequestRecord:
     def of(cls, head: RequestHead | None, user: str | None, now: float):
         if head is None:
             return cls("-", "-", user, now)
-        target = head.target.decode("latin-1")
+        target = head.target
         if len(target) > 256:
-            target = target[:256] + "..."
-        return cls(head.method.decode("latin-1"), target, user, now)
+            target = target[:256] + b"..."
+        return cls(
+            printable_bytes(head.method),
+            printable_bytes(target),
+            printable(user) if user is not None else None,
+            now,
+        )
 
 
 def peer_label(peer) -> str:
@@ -414,17 +421,17 @@ class GateProtocol(Protocol):
         if user is None:
             self._unauthenticated(head)
             return
-        if self._factory.checker.isReadOnly(user) and (
-            head.method not in READ_METHODS or head.hijacks
-        ):
-            self._refuse(
-                403,
-                f"user {user} is read-only: only GET and HEAD requests, and no "
-                "attach, exec or upgrade, are allowed",
-                head,
-                user,
-            )
-            return
+        if self._factory.checker.isReadOnly(user):
+            refusal = read_only_refusal(head)
+            if refusal is not None:
+                self._refuse(
+                    403,
+                    f"user {user} is read-only: {refusal} "
+                    f"({printable_bytes(head.method)} {printable_bytes(head.apiPath)})",
+                    head,
+                    user,
+                )
+                return
         if not self._authenticated:
             self._authenticated = True
             self._factory.unauthenticated -= 1
@@ -517,7 +524,11 @@ class GateProtocol(Protocol):
         self._requests += 1
         self._request = RequestRecord.of(head, user, self._clock.seconds())
         self._request.auth = self._authMethod()
-        self._request.certificate = self._certificateName
+        self._request.certificate = (
+            printable(self._certificateName)
+            if self._certificateName is not None
+            else None
+        )
         self._toDocker(head.raw)
         hijacks = head.hijacks
         if hijacks and pipelined:

@@ -30,7 +30,7 @@ _VERSION = re.compile(rb"HTTP/1\.[01]\Z")
 _BAD_TARGET_BYTE = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
-_API_PREFIX = re.compile(rb"\A/v[0-9][0-9.]*(?=/)")
+_API_PREFIX = re.compile(rb"\A/v[0-9.]+(?=/)")
 _HIJACK_PATHS = (
     re.compile(rb"\A/containers/.+/attach\Z", re.S),
     re.compile(rb"\A/exec/.+/start\Z", re.S),

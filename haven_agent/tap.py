@@ -216,7 +216,7 @@ class Options(usage.Options):
             "readonly-user",
             None,
             None,
-            "User name of the read-only account (GET and HEAD only) "
+            "User name of the read-only account (a list of read routes only) "
             "[env HAVEN_AGENT_READONLY_USER; default readonly]",
         ],
         [

@@ -576,6 +576,24 @@ class LogTests(SynchronousTestCase):
             for value in event.values():
                 self.assertNotIn("pw", str(value).replace("pwd", ""))
 
+    def test_requestDataCannotStartALine(self) -> None:
+        """
+        A target with a byte 0x85 (NEXT LINE once decoded as Latin-1) or
+        U+2028's UTF-8 is logged escaped, in every field and the text.
+        """
+        h = GateHarness(self)
+        target = b"/x\x85forged\xe2\x80\xa8y"
+        with capturedLogs() as events:
+            h.send(get(target))
+            h.acceptDocker()
+            h.dockerCloses()
+        requests = [e for e in events if "method" in e]
+        self.assertEqual(requests[0]["path"], "/x\\x85forged\\xe2\\x80\\xa8y")
+        for event in requests:
+            for value in [*event.values(), formatEvent(event)]:
+                text = str(value)
+                self.assertTrue(text.isascii() and text.isprintable(), repr(text))
+
 
 VIEWER = b"Authorization: Basic " + b64encode(b"viewer:look") + b"\r\n"
 
