@@ -62,6 +62,14 @@ class ProxyConfig:
     readOnlyPassword: str | None = field(default=None, repr=False)
     maxConnections: int = 10_000
     maxUnauthenticated: int = 512
+    maxUnauthenticatedPerSource: int = 64
+    #: None: half of maxConnections, which leaves the other half to others.
+    maxConnectionsPerUser: int | None = None
+    #: Seconds a new connection gets to send its first byte (the TLS
+    #: ClientHello).
+    helloTimeout: float = 5.0
+    #: Seconds an idle keep-alive connection of a non-admin user is kept.
+    idleTimeout: float = 60.0
     # Below docker stop's 10 s, so the agent closes its streams (the
     # master's /events never ends) before it would be killed.
     shutdownGrace: float = 5.0

@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from haven_agent.auth import NOT_KNOWN_YET, BasicAuthChecker
 from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.connection_limits import ConnectionLimits, source_of
 from haven_agent.eager_write import write_now
 from haven_agent.health import HEALTH_PATH, DockerProbe, health_response
 from haven_agent.http_head import (
@@ -53,7 +54,7 @@ from haven_agent.http_head import (
     RequestHead,
 )
 from haven_agent.log_safe import printable, printable_bytes
-from haven_agent.read_only import read_only_refusal
+from haven_agent.read_only import is_stream, read_only_refusal
 from haven_agent.responses import error_response
 from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
 from haven_agent.throttle import FailureThrottle
@@ -97,11 +98,11 @@ class GateFactory(Factory):
     lingerTimeout: float = 2.0
     authMode: str = "password"
     throttle: FailureThrottle | None = None
-    maxConnections: int = 10_000
-    maxUnauthenticated: int = 512
+    limits: ConnectionLimits = field(factory=ConnectionLimits)
+    #: Seconds an idle keep-alive connection of the read-only user is kept.
+    idleTimeout: float = 60.0
     probe: DockerProbe | None = None
     connections: set[GateProtocol] = field(init=False, factory=set)
-    unauthenticated: int = field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         if self.authMode not in AUTH_MODES:
@@ -203,6 +204,7 @@ class GateProtocol(Protocol):
         self._factory = factory
         self._clock = factory.clock
         self._peer = peer_label(peer)
+        self._source = source_of(str(getattr(peer, "host", peer)))
         self._reader = HeadReader()
         self._body: LengthBody | ChunkedBody | None = None
         self._docker: DockerConnection | None = None
@@ -224,7 +226,13 @@ class GateProtocol(Protocol):
         self._requests = 0
         self._timer = None
         self._clientPauser: PauseReasons | None = None
-        self._authenticated = False
+        #: Who the connection counts against, once authenticated.
+        self._user: str | None = None
+        #: Read-only connections are closed when idle (see _idleCheck).
+        self._idleWatch = False
+        self._idleStream = False
+        self._idleTimer = None
+        self._lastActivity = 0.0
         self._certificateName: str | None = None
         self._firstToClose: str | None = None
 
@@ -233,16 +241,11 @@ class GateProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self._factory
         factory.connections.add(self)
-        factory.unauthenticated += 1
         tune_socket(self.transport)
         self._clientPauser = PauseReasons(self.transport)
-        if len(factory.connections) > factory.maxConnections:
-            self._overloaded("too many connections", factory.maxConnections)
-        elif factory.unauthenticated > factory.maxUnauthenticated:
-            self._overloaded(
-                "too many connections waiting to authenticate",
-                factory.maxUnauthenticated,
-            )
+        overload = factory.limits.arrived(self._source)
+        if overload is not None:
+            self._overloaded(*overload)
         else:
             self._startTimer(factory.firstHeadTimeout)
 
@@ -256,6 +259,8 @@ class GateProtocol(Protocol):
         self._refuse(503, f"{problem}; try again later", None, None)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._idleWatch:
+            self._lastActivity = self._clock.seconds()
         if self._discarding:
             return
         if self._piping:
@@ -286,10 +291,13 @@ class GateProtocol(Protocol):
                 why=describe_close(reason),
             )
         self._finished = True
-        self._factory.connections.discard(self)
-        if not self._authenticated:
-            self._factory.unauthenticated -= 1
+        if self in self._factory.connections:
+            self._factory.connections.discard(self)
+            self._factory.limits.left(self._source, self._user)
         self._cancelTimer()
+        if self._idleTimer is not None and self._idleTimer.active():
+            self._idleTimer.cancel()
+        self._idleTimer = None
         self._finishRequest("client closed")
         self._closeDocker()
 
@@ -432,9 +440,13 @@ class GateProtocol(Protocol):
                     user,
                 )
                 return
-        if not self._authenticated:
-            self._authenticated = True
-            self._factory.unauthenticated -= 1
+        if self._user is None:
+            self._user = user
+            self._idleWatch = self._factory.checker.isReadOnly(user)
+            overload = self._factory.limits.authenticated(self._source, user)
+            if overload is not None:
+                self._overloaded(*overload)
+                return
         if self._docker is None:
             self._connectDocker(head, framing, user)
         else:
@@ -530,6 +542,8 @@ class GateProtocol(Protocol):
             else None
         )
         self._toDocker(head.raw)
+        if self._idleWatch:
+            self._idleStream = is_stream(head)
         hijacks = head.hijacks
         if hijacks and pipelined:
             # Which answer is whose would need dockerd's replies parsed:
@@ -553,6 +567,8 @@ class GateProtocol(Protocol):
     # dockerd events (UpstreamListener)
 
     def upstreamDataReceived(self, data: bytes) -> None:
+        if self._idleWatch:
+            self._answerArrived()
         self._dockerSpokeSinceForward = True
         if self._request is not None:
             self._request.bytesOut += len(data)
@@ -561,6 +577,40 @@ class GateProtocol(Protocol):
             hijacked = self._answer.feed(data)
             if hijacked is not None:
                 self._answered(hijacked)
+
+    def _answerArrived(self) -> None:
+        """
+        dockerd is answering a read-only request: once the answer has
+        started, a connection quiet for C{idleTimeout} is an idle keep-alive
+        one (an answer in flight is not idle, and a stream never is).
+        """
+        self._lastActivity = self._clock.seconds()
+        if self._idleTimer is None and not self._idleStream and not self._piping:
+            self._idleTimer = self._clock.callLater(
+                self._factory.idleTimeout, self._idleCheck
+            )
+
+    def _idleCheck(self) -> None:
+        self._idleTimer = None
+        if self._finished or self._idleStream or self._piping:
+            return
+        quiet = self._clock.seconds() - self._lastActivity
+        timeout = self._factory.idleTimeout
+        if quiet < timeout or self._deciding or self._reader.started:
+            self._idleTimer = self._clock.callLater(
+                max(timeout - quiet, 0.1), self._idleCheck
+            )
+            return
+        log.info(
+            "{peer} {user}: idle for {seconds} s; closing",
+            peer=self._peer,
+            user=self._user,
+            seconds=timeout,
+        )
+        self._finishRequest("done")
+        self._discarding = True
+        self.transport.loseConnection()
+        self._closeDocker()
 
     def _answered(self, hijacked: bool) -> None:
         """

@@ -22,6 +22,9 @@ This module changes these things about Twisted's TLS transport:
   once instead of waiting for the peer's answering alert, which a half-closed
   peer has already sent or will never send;
 - all records decrypted from one socket read reach the protocol in one call;
+- a connection that sends nothing at all (no ClientHello) within the
+  factory's C{helloTimeout} is aborted, so idle TCP connections cannot hold
+  the places of clients that are waiting to authenticate;
 - writes are encrypted at once rather than gathered until the next reactor
   turn (a `callLater(0)` per write, `BufferingTLSTransport`'s aggregation,
   which is why this subclasses `TLSMemoryBIOProtocol` instead), and all the
@@ -37,12 +40,17 @@ the Twisted release line it is tested with.
 from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolFactory
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from haven_agent.eager_write import write_now
+from haven_agent.tls_failure import NoClientHello
 
 #: Most plaintext one TLS record carries.
 RECORD_PAYLOAD = 2**14
@@ -149,7 +157,24 @@ class HalfCloseableTLSTransport(TLSMemoryBIOProtocol):
                 return
         self._flushSendBIO()
 
+    _helloTimer = None
+    _noHello: Failure | None = None
+
+    def makeConnection(self, transport) -> None:
+        timeout = self.factory.helloTimeout
+        if timeout is not None:
+            self._helloTimer = self.factory.clock.callLater(timeout, self._silent)
+        super().makeConnection(transport)
+
+    def _silent(self) -> None:
+        self._helloTimer = None
+        self._noHello = Failure(NoClientHello(self.factory.helloTimeout))
+        self.transport.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
+        if self._helloTimer is not None:
+            self._helloTimer.cancel()
+            self._helloTimer = None
         if self._readClosed and self._handshakeDone:
             # Anything after close_notify is not application data.
             return
@@ -256,24 +281,41 @@ class HalfCloseableTLSTransport(TLSMemoryBIOProtocol):
         # Whatever OpenSSL still holds was delivered as it arrived; do not
         # report a half-close on the way to the full close.
         self._readClosed = True
-        super().connectionLost(reason)
+        if self._helloTimer is not None:
+            self._helloTimer.cancel()
+            self._helloTimer = None
+        super().connectionLost(self._noHello or reason)
 
 
 class HalfCloseableTLSFactory(TLSMemoryBIOFactory):
     """
     Wraps an application factory in `HalfCloseableTLSTransport` connections.
+
+    @ivar helloTimeout: seconds a connection gets to send its first byte,
+        or None for no limit.
+    @ivar clock: what times C{helloTimeout}.
     """
 
     protocol = HalfCloseableTLSTransport
+    helloTimeout: float | None = None
+    clock: IReactorTime | None = None
 
 
 def wrapWithHalfCloseableTLS(
-    contextFactory, wrappedFactory: IProtocolFactory
+    contextFactory,
+    wrappedFactory: IProtocolFactory,
+    clock: IReactorTime | None = None,
+    helloTimeout: float | None = None,
 ) -> HalfCloseableTLSFactory:
     """
-    Put server-side TLS, with half-close, on top of C{wrappedFactory}.
-
-    No clock is needed: only Twisted's write aggregation, which this
-    transport does not use, schedules anything.
+    Put server-side TLS, with half-close, on top of C{wrappedFactory};
+    with C{helloTimeout} (and the C{clock} to time it), a connection that
+    sends nothing within that many seconds is aborted.
     """
-    return HalfCloseableTLSFactory(contextFactory, False, wrappedFactory)
+    factory = HalfCloseableTLSFactory(contextFactory, False, wrappedFactory)
+    if helloTimeout is not None:
+        if clock is None:
+            raise ValueError("a hello timeout needs a clock")
+        factory.helloTimeout = helloTimeout
+        factory.clock = clock
+    return factory

@@ -31,6 +31,7 @@ from haven_agent.certificates import (
     load_or_create_self_signed,
 )
 from haven_agent.config import ProxyConfig
+from haven_agent.connection_limits import ConnectionLimits
 from haven_agent.docker_socket import docker_connector
 from haven_agent.gate import GateFactory
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
@@ -200,12 +201,23 @@ def build_proxy_service(
         nextHeadTimeout=config.nextHeadTimeout,
         authMode=config.authMode,
         throttle=FailureThrottle(reactor),
-        maxConnections=config.maxConnections,
-        maxUnauthenticated=config.maxUnauthenticated,
+        idleTimeout=config.idleTimeout,
+        limits=ConnectionLimits(
+            maxConnections=config.maxConnections,
+            maxUnauthenticated=config.maxUnauthenticated,
+            maxUnauthenticatedPerSource=config.maxUnauthenticatedPerSource,
+            maxPerUser=(
+                config.maxConnectionsPerUser
+                if config.maxConnectionsPerUser is not None
+                else max(1, config.maxConnections // 2)
+            ),
+        ),
     )
     service = ProxyService(config, tls, gate, reactor)
     CertificateWatch(tls, reactor).setServiceParent(service)
-    wrapped = wrapWithHalfCloseableTLS(tls, gate)
+    wrapped = wrapWithHalfCloseableTLS(
+        tls, gate, clock=reactor, helloTimeout=config.helloTimeout
+    )
     source = config.sources.of("listen")
     if reusePort is None:
         for description in config.listen:

@@ -55,6 +55,14 @@ READ_ONLY_ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/nodes/{id}"),
 )
 
+#: Read routes whose answer may go on for ever: their connection is never
+#: idle (see `--idle-timeout`).
+READ_ONLY_STREAMS: tuple[str, ...] = (
+    "/events",
+    "/containers/{id}/logs",
+    "/containers/{id}/stats",
+)
+
 _PLACEHOLDERS = {"{id}": rb"[^/]+", "{image}": rb".+"}
 
 
@@ -88,6 +96,18 @@ class Route:
 
 
 ROUTES = tuple(Route.of(methods, template) for methods, template in READ_ONLY_ROUTES)
+STREAMS = tuple(Route.of("GET", template) for template in READ_ONLY_STREAMS)
+
+
+def is_stream(head: RequestHead) -> bool:
+    """
+    May the answer to C{head} be a stream (events, logs, stats), or is it a
+    hijack? Then its connection is busy however quiet it is.
+    """
+    if head.hijacks:
+        return True
+    path = head.apiPath
+    return any(route.matches(head.method, path) for route in STREAMS)
 
 
 def read_only_refusal(head: RequestHead) -> str | None:

@@ -66,6 +66,10 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "readonly-password": ("HAVEN_AGENT_READONLY_PASSWORD",),
     "max-connections": ("HAVEN_AGENT_MAX_CONNECTIONS",),
     "max-unauthenticated": ("HAVEN_AGENT_MAX_UNAUTHENTICATED",),
+    "max-unauthenticated-per-source": ("HAVEN_AGENT_MAX_UNAUTHENTICATED_PER_SOURCE",),
+    "max-connections-per-user": ("HAVEN_AGENT_MAX_CONNECTIONS_PER_USER",),
+    "hello-timeout": ("HAVEN_AGENT_HELLO_TIMEOUT",),
+    "idle-timeout": ("HAVEN_AGENT_IDLE_TIMEOUT",),
     "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
     "workers": ("HAVEN_AGENT_WORKERS",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
@@ -249,6 +253,36 @@ class Options(usage.Options):
             "503 [env HAVEN_AGENT_MAX_UNAUTHENTICATED; default 512]",
         ],
         [
+            "max-unauthenticated-per-source",
+            None,
+            None,
+            "The same, from one source address (an IPv6 source by its /64) "
+            "[env HAVEN_AGENT_MAX_UNAUTHENTICATED_PER_SOURCE; default 64]",
+        ],
+        [
+            "max-connections-per-user",
+            None,
+            None,
+            "Most authenticated connections of one user at once; more get 503 "
+            "[env HAVEN_AGENT_MAX_CONNECTIONS_PER_USER; default half of "
+            "--max-connections]",
+        ],
+        [
+            "hello-timeout",
+            None,
+            None,
+            "Seconds a new connection gets to begin its TLS handshake "
+            "[env HAVEN_AGENT_HELLO_TIMEOUT; default 5]",
+        ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Seconds an idle keep-alive connection of the read-only user is "
+            "kept; streams are never closed [env HAVEN_AGENT_IDLE_TIMEOUT; "
+            "default 60]",
+        ],
+        [
             "shutdown-grace",
             None,
             None,
@@ -398,6 +432,11 @@ class Options(usage.Options):
                 f"{self._source(name)} must be a whole number >= 1, not {value!r}"
             )
         return int(value)
+
+    def _optionalCount(self, name: str) -> int | None:
+        if self._fromEnvironment(name) is None:
+            return None
+        return self._count(name, 1)
 
     def _workers(self, listen: tuple[str, ...]) -> int:
         workers = self._count("workers", 1)
@@ -565,6 +604,12 @@ class Options(usage.Options):
             readOnlyPassword=readOnlyPassword,
             maxConnections=self._count("max-connections", 10_000),
             maxUnauthenticated=self._count("max-unauthenticated", 512),
+            maxUnauthenticatedPerSource=self._count(
+                "max-unauthenticated-per-source", 64
+            ),
+            maxConnectionsPerUser=self._optionalCount("max-connections-per-user"),
+            helloTimeout=self._seconds("hello-timeout", 5.0),
+            idleTimeout=self._seconds("idle-timeout", 60.0),
             shutdownGrace=self._seconds("shutdown-grace", 5.0, allowZero=True),
             workers=self._workers(listen),
             sources=Sources(dict(self._sources)),

@@ -30,6 +30,15 @@ _MEANINGS = {
 }
 
 
+class NoClientHello(Exception):
+    """
+    The client sent nothing, not even a TLS ClientHello, in time.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no TLS handshake begun within {seconds:g} s")
+
+
 def describe_close(reason: Failure | None) -> str:
     """
     Why a connection closed, for the log line of one that made no request.

@@ -14,6 +14,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from haven_agent.auth import BasicAuthChecker
+from haven_agent.connection_limits import ConnectionLimits
 from haven_agent.gate import GateFactory
 
 AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
@@ -703,7 +704,7 @@ class ThrottleTests(SynchronousTestCase):
 
 class LimitTests(SynchronousTestCase):
     def test_totalConnections(self) -> None:
-        h = GateHarness(self, maxConnections=2)
+        h = GateHarness(self, limits=ConnectionLimits(maxConnections=2))
         h.another()
         third = h.another()
         self.assertTrue(third.client.value().startswith(b"HTTP/1.1 503 "))
@@ -711,7 +712,7 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(h.client.disconnecting, "existing ones unaffected")
 
     def test_unauthenticatedConnections(self) -> None:
-        h = GateHarness(self, maxUnauthenticated=1)
+        h = GateHarness(self, limits=ConnectionLimits(maxUnauthenticated=1))
         h.send(get())
         h.acceptDocker()
         second = h.another()
@@ -720,8 +721,79 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(third.client.value().startswith(b"HTTP/1.1 503 "))
         third.protocol.connectionLost(None)
         second.protocol.connectionLost(None)
-        self.assertEqual(h.factory.unauthenticated, 0)
+        self.assertEqual(h.factory.limits.unauthenticated, 0)
         self.assertEqual(len(h.factory.connections), 1)
+
+
+class PerUserLimitTests(SynchronousTestCase):
+    def test_viewerCapLeavesRoomForAdmin(self) -> None:
+        h = GateHarness(self, limits=ConnectionLimits(maxPerUser=1))
+        h.send(get(b"/_ping", auth=VIEWER))
+        h.acceptDocker()
+        second = h.another()
+        second.send(get(b"/_ping", auth=VIEWER))
+        self.assertTrue(second.client.value().startswith(b"HTTP/1.1 503 "))
+        self.assertIn(b"too many connections of user viewer", second.client.value())
+        self.assertEqual(len(h.connects), 0, "the refused one reached no dockerd")
+        admin = h.another()
+        admin.send(get(b"/_ping"))
+        self.assertEqual(len(h.connects), 1, "the admin gets in")
+        second.protocol.connectionLost(None)
+        self.assertEqual(h.factory.limits.held("viewer"), 1)
+
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+
+
+class IdleTests(SynchronousTestCase):
+    """The read-only user's idle keep-alive connections are closed."""
+
+    def viewer(self, path: bytes = b"/_ping") -> GateHarness:
+        h = GateHarness(self, idleTimeout=60)
+        h.send(get(path, auth=VIEWER))
+        h.acceptDocker()
+        return h
+
+    def test_idleAfterAnswerClosed(self) -> None:
+        h = self.viewer()
+        h.docker.dataReceived(ANSWER)
+        h.clock.advance(59)
+        self.assertFalse(h.client.disconnecting)
+        h.clock.advance(1)
+        self.assertTrue(h.client.disconnecting)
+        self.assertTrue(h.dockerTransport.disconnecting)
+
+    def test_activityPostponesIt(self) -> None:
+        h = self.viewer()
+        h.docker.dataReceived(ANSWER)
+        h.clock.advance(50)
+        h.send(get(b"/version", auth=VIEWER))
+        h.clock.advance(50)
+        h.docker.dataReceived(ANSWER)
+        h.clock.advance(59)
+        self.assertFalse(h.client.disconnecting)
+        h.clock.advance(1)
+        self.assertTrue(h.client.disconnecting)
+
+    def test_answerInFlightNotIdle(self) -> None:
+        h = self.viewer(b"/system/df")
+        h.clock.advance(600)
+        self.assertFalse(h.client.disconnecting, "dockerd has not answered yet")
+
+    def test_streamsNeverIdle(self) -> None:
+        for path in (b"/events", b"/v1.41/containers/x/logs?follow=1"):
+            h = self.viewer(path)
+            h.docker.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+            h.clock.advance(3600)
+            self.assertFalse(h.client.disconnecting, path)
+
+    def test_adminNeverIdleClosed(self) -> None:
+        h = GateHarness(self, idleTimeout=60)
+        h.send(get(b"/_ping"))
+        h.acceptDocker()
+        h.docker.dataReceived(ANSWER)
+        h.clock.advance(3600)
+        self.assertFalse(h.client.disconnecting)
 
 
 class FakeTLSTransport(HalfCloseTransport):

@@ -1105,7 +1105,6 @@ class RegressionTests(SynchronousTestCase):
         self.assertFalse(world.client.disconnecting, "the stream was cut")
         self.assertFalse(dockerd.transport.disconnecting)
 
-
     def test_hijackAnswerNotAnEarlierRequests(self) -> None:
         """
         An attach sent while an earlier request's answer has not begun is

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from haven_agent.certificates import certificate_options, load_or_create_self_signed
 from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.tls_failure import NoClientHello, describe_close
 
 
 @implementer(IHalfCloseableProtocol)
@@ -390,3 +391,59 @@ class ReceiveBatchTests(TestCase):
         server.transport.resumeProducing()
         yield everything
         self.assertEqual(calls[1:], [b"x" * size])
+
+
+class Recorder(Protocol):
+    def connectionMade(self):
+        self.factory.connected.append(self)
+
+    def connectionLost(self, reason):
+        # A list: a Failure given to callback() would errback.
+        self.factory.lost.callback([reason])
+
+
+class HelloDeadlineTests(TestCase):
+    """A connection that sends nothing is aborted after the hello timeout;
+    one that begins its handshake is not."""
+
+    def listen(self, helloTimeout):
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        factory = Factory.forProtocol(Recorder)
+        factory.connected = []
+        factory.lost = Deferred()
+        self.factory = factory
+        tls = wrapWithHalfCloseableTLS(
+            certificate_options(certificate),
+            factory,
+            clock=reactor,
+            helloTimeout=helloTimeout,
+        )
+        port = reactor.listenTCP(0, tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_silentConnectionAborted(self):
+        port = self.listen(0.2)
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        [reason] = yield self.factory.lost
+        self.assertIsInstance(reason.value, NoClientHello)
+        self.assertEqual(describe_close(reason), "no TLS handshake begun within 0.2 s")
+        sock.settimeout(5)
+        try:
+            self.assertEqual(sock.recv(1), b"")
+        except ConnectionResetError:
+            pass  # aborted: a reset, as intended
+
+    @inlineCallbacks
+    def test_handshakeInTimeKeepsConnection(self):
+        port = self.listen(0.5)
+        received = yield deferToThread(tlsClient, port, b"", then=b"")
+        self.assertEqual(received[0], b"")
+        yield deferLater(reactor, 0.8, lambda: None)
+        self.assertEqual(len(self.factory.connected), 1)
+        [reason] = yield self.factory.lost
+        self.assertNotIsInstance(reason.value, NoClientHello)
