@@ -240,25 +240,38 @@ class RealDockerd:
             self._fail_start(f"dockerd harness error: {e!r}")
         return self
 
+    #: What the start-up messages call the daemon.
+    daemon_name = "dockerd"
+
+    def _serving(self) -> str | None:
+        """None once the daemon answers `GET /_ping` as it should, else
+        what it did instead."""
+        status, body = self.api_request("GET", "/_ping", timeout=2.0)
+        if status == 200 and body == b"OK":
+            return None
+        return f"/_ping answered {status} {body[:100]!r}"
+
     def _wait_ready(self, started: float) -> None:
         deadline = started + START_TIMEOUT
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             rc = self.process.poll()
             if rc is not None:
-                self._fail_start(f"dockerd exited with status {rc} while starting")
+                self._fail_start(
+                    f"{self.daemon_name} exited with status {rc} while starting"
+                )
             if os.path.exists(self.socket_path):
                 try:
-                    status, body = self.api_request("GET", "/_ping", timeout=2.0)
-                    if status == 200 and body == b"OK":
-                        return
-                    last_error = f"/_ping answered {status} {body[:100]!r}"
+                    problem = self._serving()
                 except OSError as e:
-                    last_error = f"/_ping failed: {e}"
+                    problem = f"/_ping failed: {e}"
+                if problem is None:
+                    return
+                last_error = problem
             time.sleep(0.1)
         self._fail_start(
-            f"dockerd did not answer GET /_ping within {START_TIMEOUT:.0f} s "
-            f"({last_error})"
+            f"{self.daemon_name} did not answer GET /_ping within "
+            f"{START_TIMEOUT:.0f} s ({last_error})"
         )
 
     def _import_image(self) -> None:

@@ -396,28 +396,16 @@ class RealPodman(RealDockerd):
         finally:
             conn.close()
 
-    def _wait_ready(self, started: float) -> None:
-        """Until `GET /_ping` answers OK, from podman (Libpod-Api-Version)."""
-        problem = "no socket yet"
-        while time.monotonic() < started + START_TIMEOUT:
-            status = self.process.poll()
-            if status is not None:
-                self._fail_start(f"podman system service exited with status {status}")
-            if os.path.exists(self.socket_path):
-                try:
-                    answer = self._ping()
-                except OSError as e:
-                    problem = f"GET /_ping failed: {e}"
-                else:
-                    if answer[:2] == (200, b"OK") and answer[2]:
-                        self.libpod_version = answer[2]
-                        return
-                    problem = f"GET /_ping answered {answer!r}"
-            time.sleep(0.1)
-        self._fail_start(
-            f"podman system service did not serve GET /_ping within "
-            f"{START_TIMEOUT:.0f} s ({problem})"
-        )
+    daemon_name = "podman system service"
+
+    def _serving(self) -> str | None:
+        """None once podman answers `GET /_ping` OK with its
+        Libpod-Api-Version header."""
+        answer = self._ping()
+        if answer[:2] == (200, b"OK") and answer[2]:
+            self.libpod_version = answer[2]
+            return None
+        return f"GET /_ping answered {answer!r}"
 
     def _smoke_test(self) -> None:
         """One container, through the API, with the configured ulimits."""

@@ -12,7 +12,6 @@ clean environment) are shared with the other real-process tests.
 
 from __future__ import annotations
 
-import datetime
 import io
 import os
 import platform
@@ -25,17 +24,19 @@ import sys
 import tempfile
 import time
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 import twisted
 from haven_agent import __version__
 from haven_agent.startup_errors import StartupError, explain_startup_errors
 from haven_agent.tap import ENVIRONMENT
-from tests.e2e_agent import CHECKOUT_ROOT, agent_env, stop_process, twistd_argv
+from tests.e2e_agent import (
+    CHECKOUT_ROOT,
+    agent_env,
+    make_ca,
+    stop_process,
+    twistd_argv,
+)
 from tests.fake_dockerd import short_socket_path
 
 #: Seconds any one twistd run, or waiting for a line, may take at most.
@@ -143,38 +144,10 @@ def stop_agent(testcase: SynchronousTestCase, process: subprocess.Popen) -> int:
 
 def write_self_signed(directory: str, name: str) -> tuple[str, str]:
     """
-    A fresh EC key and a self-signed certificate for it, as
-    C{NAME-cert.pem} and C{NAME-key.pem} in C{directory}.
+    A fresh EC key pair and a self-signed certificate for it in
+    C{directory}: (certificate path, key path).
     """
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    certPath = os.path.join(directory, f"{name}-cert.pem")
-    keyPath = os.path.join(directory, f"{name}-key.pem")
-    with open(certPath, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(keyPath, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return certPath, keyPath
+    return make_ca(directory, name)
 
 
 class AgentProcessCase(SynchronousTestCase):
