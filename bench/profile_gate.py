@@ -44,16 +44,14 @@ from twisted.logger import (  # noqa: E402
     textFileLogObserver,
 )
 
-from haven_agent.auth import BasicAuthChecker  # noqa: E402
-from haven_agent.gate import GateFactory  # noqa: E402
+from haven_agent.proxy.auth import BasicAuthChecker  # noqa: E402
+from haven_agent.proxy.gate import GateFactory  # noqa: E402
 
 AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
 # What the docker CLI sends for `docker version`'s ping, near enough.
 PING = (
     b"GET /_ping HTTP/1.1\r\nHost: docker\r\n"
-    b"User-Agent: Docker-Client/26.1.5 (linux)\r\n"
-    + AUTH
-    + b"\r\n"
+    b"User-Agent: Docker-Client/26.1.5 (linux)\r\n" + AUTH + b"\r\n"
 )
 PONG = (
     b"HTTP/1.1 200 OK\r\nApi-Version: 1.45\r\nCache-Control: no-cache, no-store, "
@@ -75,15 +73,15 @@ def start_logging(kind: str) -> None:
     if kind == "text":
         observers.append(textFileLogObserver(out))
     elif kind == "json":
-        from haven_agent.json_log import JSONLinesObserver
+        from haven_agent.logs.json_lines import JSONLinesObserver
 
         observers.append(JSONLinesObserver(out))
     globalLogBeginner.beginLoggingTo(
         observers, discardBuffer=True, redirectStandardIO=False
     )
     if kind == "text":
-        # As the agent does under twistd (haven_agent.text_log).
-        from haven_agent.text_log import speed_up_text_logs
+        # As the agent does under twistd (haven_agent.logs.text).
+        from haven_agent.logs.text import speed_up_text_logs
 
         speed_up_text_logs()
 

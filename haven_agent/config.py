@@ -73,7 +73,7 @@ class ProxyConfig:
     # Below docker stop's 10 s, so the agent closes its streams (the
     # master's /events never ends) before it would be killed.
     shutdownGrace: float = 5.0
-    #: Processes serving the proxy (see haven_agent.workers).
+    #: Processes serving the proxy (see haven_agent.workers.pool).
     workers: int = 1
     sources: Sources = field(factory=Sources, eq=False, repr=False)
 

@@ -18,7 +18,7 @@ import ssl
 import sys
 
 from haven_agent.config import endpoint_parts, listen_port
-from haven_agent.health import HEALTH_PATH
+from haven_agent.proxy.health import HEALTH_PATH
 
 _LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 

@@ -22,7 +22,6 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from haven_agent import __version__
-from haven_agent.certificates import CertificateError, load_client_ca
 from haven_agent.config import (
     DEFAULT_DOCKER,
     DEFAULT_INTERVAL,
@@ -39,10 +38,11 @@ from haven_agent.config import (
     listen_port,
     probe_ipv6,
 )
-from haven_agent.gate import AUTH_MODES
-from haven_agent.log_level import LOG_LEVEL_NAMES, LOG_LEVELS
-from haven_agent.node_identity import validate_node_name
-from haven_agent.reuse_port import listen_addresses
+from haven_agent.logs.level import LOG_LEVEL_NAMES, LOG_LEVELS
+from haven_agent.proxy.gate import AUTH_MODES
+from haven_agent.proxy.reuse_port import listen_addresses
+from haven_agent.reporting.node_identity import validate_node_name
+from haven_agent.tls.certificates import CertificateError, load_client_ca
 
 #: More processes than this would only compete for the same cores.
 MAX_WORKERS = 64
@@ -709,7 +709,7 @@ def makeService(options: Options) -> MultiService:
     agent = MultiService()
     config = options.config
     if options.logFormat == "text":
-        from haven_agent.text_log import TextLogSettings
+        from haven_agent.logs.text import TextLogSettings
 
         TextLogSettings(options.logLevel).setServiceParent(agent)
     try:
@@ -717,22 +717,22 @@ def makeService(options: Options) -> MultiService:
             service.setServiceParent(agent)
     except CertificateError as e:
         raise StartupError(f"{_certificateSource(config)}: {e}") from None
-    from haven_agent.reporting import NodeReporting
+    from haven_agent.reporting.service import NodeReporting
 
     NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
     if options.logFormat == "json":
-        from haven_agent.json_log import use_json_logging
+        from haven_agent.logs.json_lines import use_json_logging
 
         return use_json_logging(agent, level=options.logLevel)
     return agent
 
 
 def _proxy(config: ProxyConfig, options: Options, reactor) -> list[IService]:
-    from haven_agent.proxy_service import build_proxy_service
+    from haven_agent.proxy.service import build_proxy_service
 
     if config.workers == 1:
         return [build_proxy_service(config, reactor)]
-    from haven_agent.workers import WorkerPool
+    from haven_agent.workers.pool import WorkerPool
 
     proxy = build_proxy_service(
         config, reactor, reusePort=listen_addresses(config.listen)

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.auth}: Basic parsing, plain and bcrypt checking and
+Tests for L{haven_agent.proxy.auth}: Basic parsing, plain and bcrypt checking and
 the bcrypt verdict cache.
 """
 
@@ -9,7 +9,7 @@ import bcrypt
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.auth import BasicAuthChecker, parse_basic
+from haven_agent.proxy.auth import BasicAuthChecker, parse_basic
 
 
 def basic(user: bytes, password: bytes) -> bytes:

@@ -1,11 +1,11 @@
 """
-Tests for L{haven_agent.body_framing}: finding where bodies end, byte by
+Tests for L{haven_agent.proxy.body_framing}: finding where bodies end, byte by
 byte and in bulk, without holding body bytes.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.body_framing import (
+from haven_agent.proxy.body_framing import (
     MAX_CHUNK_LINE,
     ChunkedBody,
     FramingError,

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_certificates -*-
 """
-Tests for L{haven_agent.certificates}: the node's self-signed certificate, loading
+Tests for L{haven_agent.tls.certificates}: the node's self-signed certificate, loading
 operator-supplied files, and the TLS server options, the latter exercised with
 real handshakes over in-memory connections.
 """
@@ -37,8 +37,8 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
-from haven_agent import certificates
-from haven_agent.certificates import (
+from haven_agent.tls import certificates
+from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
     certificate_options,

@@ -1,11 +1,11 @@
 """
-Tests for L{haven_agent.connection_limits}: per-source and per-user counts
+Tests for L{haven_agent.proxy.connection_limits}: per-source and per-user counts
 besides the totals, so that one party cannot take every place.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.connection_limits import ConnectionLimits, source_of
+from haven_agent.proxy.connection_limits import ConnectionLimits, source_of
 
 
 class SourceTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.cpu}: parsing C{/proc/stat}, the load between two
+Tests for L{haven_agent.reporting.cpu}: parsing C{/proc/stat}, the load between two
 samples and the meter that keeps the previous sample.
 """
 
@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.cpu import (
+from haven_agent.reporting.cpu import (
     CpuLoadMeter,
     CpuTimes,
     cpu_load,

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.docker_api}.
+Tests for L{haven_agent.reporting.docker_api}.
 
 The client's promises are about sockets (a missing socket, a daemon that
 answers garbage or never answers, a stream that stays open) so those are
@@ -32,7 +32,7 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from zope.interface import implementer
 
 from haven_agent.config import docker_endpoint
-from haven_agent.docker_api import (
+from haven_agent.reporting.docker_api import (
     EVENT_FILTERS,
     DockerAPI,
     DockerEventWatcher,

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.docker_socket}: the dockerd connection on a real
+Tests for L{haven_agent._twisted.docker_socket}: the dockerd connection on a real
 UNIX socket, with a blocking socket playing dockerd.
 """
 
@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from haven_agent.docker_socket import PlainUNIXClient, docker_connector
+from haven_agent._twisted.docker_socket import PlainUNIXClient, docker_connector
 
 
 @implementer(IHalfCloseableProtocol)

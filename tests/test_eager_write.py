@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.eager_write} on real sockets: whether the kernel took
+Tests for L{haven_agent._twisted.eager_write} on real sockets: whether the kernel took
 the bytes at once is the point, so the transports are Twisted's own.
 """
 
@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from haven_agent.eager_write import write_now
+from haven_agent._twisted.eager_write import write_now
 
 
 def queued(transport) -> int:

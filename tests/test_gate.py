@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.gate}: the per-request gate and the splice wiring,
+Tests for L{haven_agent.proxy.gate}: the per-request gate and the splice wiring,
 driven over C{StringTransport}s and a C{Clock}.
 """
 
@@ -13,9 +13,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.auth import BasicAuthChecker
-from haven_agent.connection_limits import ConnectionLimits
-from haven_agent.gate import GateFactory
+from haven_agent.proxy.auth import BasicAuthChecker
+from haven_agent.proxy.connection_limits import ConnectionLimits
+from haven_agent.proxy.gate import GateFactory
 
 AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
 BAD_AUTH = b"Authorization: Basic " + b64encode(b"admin:nope") + b"\r\n"
@@ -672,7 +672,7 @@ class HealthTests(SynchronousTestCase):
 
 class ThrottleTests(SynchronousTestCase):
     def setUp(self) -> None:
-        from haven_agent.throttle import FailureThrottle
+        from haven_agent.proxy.throttle import FailureThrottle
 
         self.h = GateHarness(self)
         self.h.factory.throttle = FailureThrottle(self.h.clock)

@@ -35,10 +35,10 @@ from twisted.python.failure import Failure
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.auth import BasicAuthChecker
-from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
-from haven_agent.gate import GateFactory
-from haven_agent.http_head import MAX_HEAD_BYTES, HeadError, HeadReader
+from haven_agent.proxy.auth import BasicAuthChecker
+from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.proxy.gate import GateFactory
+from haven_agent.proxy.http_head import MAX_HEAD_BYTES, HeadError, HeadReader
 
 PROPERTY = settings(
     max_examples=150,

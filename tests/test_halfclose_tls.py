@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.halfclose_tls} on real TCP sockets: the kernel's
+Tests for L{haven_agent._twisted.halfclose_tls} on real TCP sockets: the kernel's
 FIN and OpenSSL's close_notify are the point, so nothing here is simulated.
 
 The client is a blocking pyOpenSSL connection run in a thread, because it
@@ -23,9 +23,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from haven_agent.certificates import certificate_options, load_or_create_self_signed
-from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
-from haven_agent.tls_failure import NoClientHello, describe_close
+from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
+from haven_agent.tls.failure import NoClientHello, describe_close
 
 
 @implementer(IHalfCloseableProtocol)

@@ -10,7 +10,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from haven_agent.healthcheck import ask, target
-from haven_agent.proxy_service import Listening, build_proxy_service
+from haven_agent.proxy.service import Listening, build_proxy_service
 from haven_agent.tap import Options
 from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
 

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.host_metrics}: the C{/proc} readers against fake
+Tests for L{haven_agent.reporting.host_metrics}: the C{/proc} readers against fake
 proc trees and this machine, C{statvfs}, and L{MountProber} on a L{Clock}.
 """
 
@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent import host_metrics
-from haven_agent.host_metrics import (
+from haven_agent.reporting import host_metrics
+from haven_agent.reporting.host_metrics import (
     NETWORK_FILESYSTEMS,
     PSEUDO_FILESYSTEMS,
     HostRoot,

@@ -1,11 +1,11 @@
 """
-Tests for L{haven_agent.http_head}: bounded head reading, strict parsing,
+Tests for L{haven_agent.proxy.http_head}: bounded head reading, strict parsing,
 body framing and hijack detection.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.http_head import (
+from haven_agent.proxy.http_head import (
     MAX_HEAD_BYTES,
     Framing,
     HeadError,

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.json_log}: one JSON object per event and line, and
+Tests for L{haven_agent.logs.json_lines}: one JSON object per event and line, and
 twistd picking the observer up from the application.
 """
 
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.scripts._twistd_unix import UnixAppLogger
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.json_log import json_lines_observer, use_json_logging
+from haven_agent.logs.json_lines import json_lines_observer, use_json_logging
 
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
@@ -314,7 +314,7 @@ class LegacyTests(SynchronousTestCase):
         """
         seen = []
         publisher = LogPublisher(LegacyLogObserverWrapper(seen.append), self.c.observer)
-        log = Logger(namespace="haven_agent.gate", observer=publisher)
+        log = Logger(namespace="haven_agent.proxy.gate", observer=publisher)
         log.info("plain {n}", n=1)
         try:
             raise ZeroDivisionError("division by zero")

@@ -30,7 +30,7 @@ from haven_agent.config import (
     listen_port,
     probe_ipv6,
 )
-from haven_agent.gate import peer_label
+from haven_agent.proxy.gate import peer_label
 from haven_agent.tap import Options
 from tests.e2e_agent import stop_process, twistd_argv
 from tests.realdockerd import clean_docker_env

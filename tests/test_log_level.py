@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.log_level} and the observers it filters (the JSON
+Tests for L{haven_agent.logs.level} and the observers it filters (the JSON
 lines observer, twistd's text file observers), and for C{--log-level} on a
 real agent process answering health checks.
 """
@@ -22,10 +22,10 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.health import HEALTH_PATH
-from haven_agent.json_log import json_lines_observer
-from haven_agent.log_level import LOG_LEVEL_NAMES, LOG_LEVELS, at_level, wanted
-from haven_agent.text_log import filter_text_logs
+from haven_agent.logs.json_lines import json_lines_observer
+from haven_agent.logs.level import LOG_LEVEL_NAMES, LOG_LEVELS, at_level, wanted
+from haven_agent.logs.text import filter_text_logs
+from haven_agent.proxy.health import HEALTH_PATH
 from tests.e2e_agent import AgentProcess
 from tests.test_startup_errors import PROCESS_TIMEOUT, start_fake_dockerd
 

@@ -1,11 +1,11 @@
 """
-Tests for L{haven_agent.log_safe}: request data cannot start a log line of
+Tests for L{haven_agent.proxy.log_safe}: request data cannot start a log line of
 its own.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.log_safe import printable, printable_bytes
+from haven_agent.proxy.log_safe import printable, printable_bytes
 
 
 class PrintableTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.node_identity}: node names the Haven master accepts,
+Tests for L{haven_agent.reporting.node_identity}: node names the Haven master accepts,
 the default name, and the address advertised to the master.
 """
 
@@ -7,7 +7,7 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.node_identity import (
+from haven_agent.reporting.node_identity import (
     NODE_NAME,
     advertised_address,
     default_node_name,

@@ -38,13 +38,13 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from haven_agent.auth import BasicAuthChecker
-from haven_agent.certificates import certificate_options, load_or_create_self_signed
+from haven_agent._twisted.docker_socket import docker_connector
+from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.config import ProxyConfig
-from haven_agent.docker_socket import docker_connector
-from haven_agent.gate import GateFactory
-from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
-from haven_agent.proxy_service import build_proxy_service
+from haven_agent.proxy.auth import BasicAuthChecker
+from haven_agent.proxy.gate import GateFactory
+from haven_agent.proxy.service import build_proxy_service
+from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
 from tests.fake_dockerd import (
     FakeDockerdFactory,
     FakeDockerdProtocol,

@@ -1,12 +1,12 @@
 """
-Tests for L{haven_agent.read_only}: the read-only account's explicit list of
+Tests for L{haven_agent.proxy.read_only}: the read-only account's explicit list of
 read routes, matched on the path as dockerd's router sees it.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.http_head import parse_head
-from haven_agent.read_only import READ_ONLY_ROUTES, read_only_refusal
+from haven_agent.proxy.http_head import parse_head
+from haven_agent.proxy.read_only import READ_ONLY_ROUTES, read_only_refusal
 
 
 def refusal(request_line: bytes, *headers: bytes) -> str | None:

@@ -1,12 +1,12 @@
 """
-Tests for L{haven_agent.recurring_problem}: a problem met on every retry is
+Tests for L{haven_agent.reporting.recurring_problem}: a problem met on every retry is
 logged when it starts and changes, and once, with a count, when it clears.
 """
 
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.recurring_problem import RecurringProblem
+from haven_agent.reporting.recurring_problem import RecurringProblem
 
 
 class RecurringProblemTests(SynchronousTestCase):

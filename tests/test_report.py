@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.report}: the report body the Haven master accepts,
+Tests for L{haven_agent.reporting.report}: the report body the Haven master accepts,
 field by field.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.report import (
+from haven_agent.reporting.report import (
     HostSnapshot,
     build_report,
     parse_labels,

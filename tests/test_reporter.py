@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.reporter}: the reporter against a fake Haven master
+Tests for L{haven_agent.reporting.reporter}: the reporter against a fake Haven master
 (L{tests.fake_master}) through C{treq.testing.StubTreq}, driven by a C{Clock};
 and one report over real sockets with a real treq client.
 """
@@ -23,13 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from haven_agent.report import (
+from haven_agent.reporting.report import (
     HostSnapshot,
     build_report,
     parse_labels,
     summarize_containers,
 )
-from haven_agent.reporter import (
+from haven_agent.reporting.reporter import (
     REFUSED_SECRET,
     LogReporter,
     ReporterService,

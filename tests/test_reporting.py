@@ -1,5 +1,6 @@
 """
-Tests for L{haven_agent.collector} and L{haven_agent.reporting}: one report
+Tests for L{haven_agent.reporting.collector} and
+L{haven_agent.reporting.service}: one report
 gathered from a host tree and a Docker API, and the whole reporting half
 running against a fake dockerd API and a fake Haven master on real sockets.
 """
@@ -14,11 +15,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from haven_agent.collector import NodeCollector
 from haven_agent.config import ReporterConfig
-from haven_agent.docker_api import DockerUnavailable
-from haven_agent.host_metrics import HostRoot, MountProber
-from haven_agent.reporting import NodeReporting
+from haven_agent.reporting.collector import NodeCollector
+from haven_agent.reporting.docker_api import DockerUnavailable
+from haven_agent.reporting.host_metrics import HostRoot, MountProber
+from haven_agent.reporting.service import NodeReporting
 from tests.fake_docker_api import FakeDockerAPI, serve_fake_docker_api
 from tests.fake_master import FakeMaster, listen
 
@@ -233,7 +234,7 @@ class ReportingTests(TestCase):
     def test_httpsMasterTrustedByCAFile(self):
         from twisted.web.server import Site
 
-        from haven_agent.certificates import (
+        from haven_agent.tls.certificates import (
             certificate_options,
             load_or_create_self_signed,
         )
@@ -262,7 +263,7 @@ class ReportingTests(TestCase):
         """
         from twisted.internet.protocol import Factory, Protocol
 
-        from haven_agent.reporter import ReporterService
+        from haven_agent.reporting.reporter import ReporterService
 
         class Garbage(Protocol):
             def dataReceived(self, data):

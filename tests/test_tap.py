@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from haven_agent.proxy_service import Listening
+from haven_agent.proxy.service import Listening
 from haven_agent.tap import Options, makeService
 
 
@@ -204,7 +204,7 @@ class StartupLogTests(TestCase):
         from twisted.internet import reactor
         from twisted.logger import capturedLogs, formatEvent
 
-        from haven_agent.proxy_service import build_proxy_service
+        from haven_agent.proxy.service import build_proxy_service
 
         config = parse(
             [
@@ -318,7 +318,7 @@ class ReporterOptionsTests(SynchronousTestCase):
         self.assertIn(path.path, str(caught.exception))
 
     def test_makeServiceIncludesReporting(self) -> None:
-        from haven_agent.reporting import NodeReporting
+        from haven_agent.reporting.service import NodeReporting
 
         options = parse(["--state-dir", self.mktemp()])
         service = makeService(options)
@@ -329,7 +329,7 @@ class ReporterOptionsTests(SynchronousTestCase):
         self.assertIsInstance(list(service)[2], NodeReporting)
 
     def test_makeServiceWithWorkers(self) -> None:
-        from haven_agent.reuse_port import ReusePortListener
+        from haven_agent.proxy.reuse_port import ReusePortListener
 
         options = parse(
             [
@@ -361,7 +361,7 @@ class ReporterOptionsTests(SynchronousTestCase):
 
 class HardeningOptionsTests(SynchronousTestCase):
     def caFile(self) -> str:
-        from haven_agent.certificates import load_or_create_self_signed
+        from haven_agent.tls.certificates import load_or_create_self_signed
 
         certificate = load_or_create_self_signed(
             self.mktemp(), host_names=["ca"], ip_addresses=[]

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.text_log}: the same lines as twisted.logger's classic
+Tests for L{haven_agent.logs.text}: the same lines as twisted.logger's classic
 text format, whatever the event.
 """
 
@@ -17,7 +17,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.text_log import ClassicTextFormat, speed_up_text_logs
+from haven_agent.logs.text import ClassicTextFormat, speed_up_text_logs
 
 
 def reference(event):

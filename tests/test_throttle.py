@@ -1,12 +1,12 @@
 """
-Tests for L{haven_agent.throttle}.
+Tests for L{haven_agent.proxy.throttle}.
 """
 
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.throttle import FailureThrottle
+from haven_agent.proxy.throttle import FailureThrottle
 
 
 class FailureThrottleTests(SynchronousTestCase):

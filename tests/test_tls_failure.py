@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent.tls_failure}: why a connection ended before its
+Tests for L{haven_agent.tls.failure}: why a connection ended before its
 first request, in words an operator understands.
 """
 
@@ -8,7 +8,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.tls_failure import describe_close
+from haven_agent.tls.failure import describe_close
 
 
 class DescribeCloseTests(SynchronousTestCase):

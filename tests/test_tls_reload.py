@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tls_reload -*-
 """
-Tests for L{haven_agent.tls_reload}: reloading the TLS material while
+Tests for L{haven_agent.tls.reload}: reloading the TLS material while
 serving, the expiry warning, SIGHUP, and client certificates.
 
 Whether a reload reaches new connections and spares established ones, and
@@ -35,15 +35,15 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from haven_agent.certificates import (
+from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
     load_certificate_files,
     load_client_ca,
     sha256_fingerprint,
 )
-from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
-from haven_agent.tls_reload import (
+from haven_agent.tls.reload import (
     CHECK_INTERVAL,
     CertificateWatch,
     ReloadableServerOptions,

@@ -1,6 +1,6 @@
 """
-Tests for `--workers N`: L{haven_agent.reuse_port}, L{haven_agent.workers}
-and L{haven_agent.worker}.
+Tests for `--workers N`: L{haven_agent.proxy.reuse_port}, L{haven_agent.workers.pool}
+and L{haven_agent.workers.worker}.
 
 The process tests run the agent as a real `twistd haven-agent` in front of
 the fake dockerd served by this test's reactor, which tells the processes
@@ -30,9 +30,13 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from haven_agent.config import ProxyConfig
-from haven_agent.reuse_port import ListenAddress, ReusePortListener, listen_addresses
+from haven_agent.proxy.reuse_port import (
+    ListenAddress,
+    ReusePortListener,
+    listen_addresses,
+)
 from haven_agent.tap import Options
-from haven_agent.workers import LineRelay, read_worker_spec, worker_spec
+from haven_agent.workers.pool import LineRelay, read_worker_spec, worker_spec
 from tests.e2e_agent import AgentProcess
 from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
 
@@ -144,7 +148,7 @@ class WorkerProcessOutputTests(TestCase):
         """
         from twisted.internet.task import Clock
 
-        from haven_agent.workers import WorkerProcess
+        from haven_agent.workers.pool import WorkerProcess
 
         class Pool:
             logOutput = io.StringIO()
@@ -169,7 +173,7 @@ class RestartDelayTests(TestCase):
         from twisted.internet.task import Clock
         from twisted.python.failure import Failure
 
-        from haven_agent.workers import WorkerPool, WorkerProcess
+        from haven_agent.workers.pool import WorkerPool, WorkerProcess
 
         clock = Clock()
         config = ProxyConfig(
@@ -289,7 +293,7 @@ def workers_of(agent: AgentProcess) -> list[psutil.Process]:
     return [
         child
         for child in psutil.Process(agent.process.pid).children()
-        if "haven_agent.worker" in " ".join(child.cmdline())
+        if "haven_agent.workers.worker" in " ".join(child.cmdline())
     ]
 
 

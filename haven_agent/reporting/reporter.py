@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from haven_agent.backoff import backoff_delay
-from haven_agent.node_identity import validate_node_name
+from haven_agent.reporting.node_identity import validate_node_name
 
 # The first report comes after a random delay in [0, min(FIRST_REPORT_SPREAD,
 # interval / 10)) seconds.

@@ -30,7 +30,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent.log_level import wanted
+from haven_agent.logs.level import wanted
 
 # What the line itself says; event fields of these names are renamed.
 RESERVED = ("time", "level", "namespace", "text", "system", "failure")
@@ -57,7 +57,7 @@ class JSONLinesObserver:
     """
 
     def __init__(self, out: IO[str], level: LogLevel = LogLevel.debug) -> None:
-        self._out = out
+        self.out = out
         self._level = level
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -68,8 +68,8 @@ class JSONLinesObserver:
         except Exception as error:
             line = _unloggable(event, error)
         try:
-            self._out.write(line + "\n")
-            self._out.flush()
+            self.out.write(line + "\n")
+            self.out.flush()
         except Exception:
             # Nowhere left to say so: logging must not take the agent down.
             pass
@@ -243,7 +243,7 @@ def _unloggable(event: Any, error: Exception) -> str:
         {
             "time": _timestamp(None),
             "level": "error",
-            "namespace": "haven_agent.json_log",
+            "namespace": "haven_agent.logs.json_lines",
             "text": f"unloggable event ({_repr(error)}): {_repr(event)}",
         },
         separators=(",", ":"),

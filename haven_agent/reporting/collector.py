@@ -23,18 +23,21 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from haven_agent.cpu import CpuLoadMeter, read_cpu_times
-from haven_agent.docker_api import DockerAPI, DockerUnavailable
-from haven_agent.host_metrics import (
+from haven_agent.reporting.cpu import CpuLoadMeter, read_cpu_times
+from haven_agent.reporting.docker_api import DockerAPI, DockerUnavailable
+from haven_agent.reporting.host_metrics import (
     HostRoot,
     MountProber,
     read_memory,
     read_mounts,
     read_network,
 )
-from haven_agent.node_identity import advertised_address, local_address_towards
-from haven_agent.recurring_problem import RecurringProblem
-from haven_agent.report import (
+from haven_agent.reporting.node_identity import (
+    advertised_address,
+    local_address_towards,
+)
+from haven_agent.reporting.recurring_problem import RecurringProblem
+from haven_agent.reporting.report import (
     HostSnapshot,
     build_report,
     parse_labels,

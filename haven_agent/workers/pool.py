@@ -12,7 +12,7 @@ process that accepted it, so nothing about the proxy's behaviour changes
 except that connection limits, the brute-force throttle and the health
 probe are per process. The reporter runs in the agent process only.
 
-Workers run `python -m haven_agent.worker`. They get their settings as one
+Workers run `python -m haven_agent.workers.worker`. They get their settings as one
 JSON line on stdin, which then stays open as a lifeline: a worker stops on
 its own once it reads end-of-file there, so workers never outlive the agent,
 even one killed with SIGKILL. They write their log lines to stdout (and
@@ -38,11 +38,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import FileLogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 
+from haven_agent._twisted.log_observers import observers_of, output_of
 from haven_agent.backoff import backoff_delay
 from haven_agent.config import ProxyConfig, Sources
-from haven_agent.reuse_port import ListenAddress
+from haven_agent.logs.json_lines import JSONLinesObserver
+from haven_agent.proxy.reuse_port import ListenAddress
 
 log = Logger()
 
@@ -107,13 +109,12 @@ def log_output_file() -> IO[str] | None:
     observer (twistd's --logfile, standard output, or the JSON log), so
     that the workers' lines can be added to it as they are.
     """
-    for observer in getattr(globalLogPublisher, "_observers", ()):
-        out = getattr(observer, "_outFile", None)
-        if isinstance(observer, FileLogObserver) and out is not None:
+    for observer in observers_of(globalLogPublisher):
+        out = output_of(observer)
+        if out is not None:
             return out
-        out = getattr(observer, "_out", None)
-        if out is not None and hasattr(out, "write"):
-            return out
+        if isinstance(observer, JSONLinesObserver):
+            return observer.out
     return None
 
 
@@ -263,7 +264,7 @@ class WorkerPool(Service):
         self._reactor.spawnProcess(
             worker,
             self._executable,
-            [self._executable, "-m", "haven_agent.worker"],
+            [self._executable, "-m", "haven_agent.workers.worker"],
             env=env,
             childFDs={0: "w", 1: "r", 2: "r"},
         )

@@ -35,7 +35,8 @@ from twisted.logger import (
     timeFormatRFC3339,
 )
 
-from haven_agent.log_level import at_level
+from haven_agent._twisted.log_observers import observers_of
+from haven_agent.logs.level import at_level
 
 #: The format of events whose message is ready-made in `_text`.
 READY_MADE = "{_text}"
@@ -96,14 +97,14 @@ def _samples() -> list[dict[str, Any]]:
             "log_format": READY_MADE,
             "_text": "two\nlines",
             "log_time": now,
-            "log_namespace": "haven_agent.gate",
+            "log_namespace": "haven_agent.proxy.gate",
             "log_level": LogLevel.warn,
         },
         {
             "log_format": "{count} workers {{ok}}",
             "count": 2,
             "log_time": now + 0.5,
-            "log_namespace": "haven_agent.workers",
+            "log_namespace": "haven_agent.workers.pool",
             "log_level": LogLevel.info,
         },
     ]
@@ -117,7 +118,7 @@ def speed_up_text_logs(publisher: Any = globalLogPublisher) -> int:
     @return: how many observers were changed.
     """
     changed = 0
-    for observer in list(getattr(publisher, "_observers", ())):
+    for observer in observers_of(publisher):
         if not isinstance(observer, FileLogObserver):
             continue
         fast = ClassicTextFormat()
@@ -141,7 +142,7 @@ def filter_text_logs(level: LogLevel, publisher: Any = globalLogPublisher) -> in
     @return: how many observers are filtered.
     """
     filtered = 0
-    for observer in list(getattr(publisher, "_observers", ())):
+    for observer in observers_of(publisher):
         if isinstance(observer, FileLogObserver):
             observer.formatEvent = at_level(observer.formatEvent, level)
             filtered += 1

@@ -26,7 +26,7 @@ import re
 
 from attrs import frozen
 
-from haven_agent.http_head import RequestHead
+from haven_agent.proxy.http_head import RequestHead
 
 #: (methods, template) of every request the read-only account may make.
 READ_ONLY_ROUTES: tuple[tuple[str, str], ...] = (

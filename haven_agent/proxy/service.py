@@ -23,22 +23,22 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from haven_agent.auth import BasicAuthChecker, is_bcrypt_hash
-from haven_agent.certificates import (
+from haven_agent._twisted.docker_socket import docker_connector
+from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
+from haven_agent.config import ProxyConfig
+from haven_agent.proxy.auth import BasicAuthChecker, is_bcrypt_hash
+from haven_agent.proxy.connection_limits import ConnectionLimits
+from haven_agent.proxy.gate import GateFactory
+from haven_agent.proxy.reuse_port import ListenAddress, ReusePortListener
+from haven_agent.proxy.throttle import FailureThrottle
+from haven_agent.startup_errors import StartupError
+from haven_agent.tls.certificates import (
     ServerCertificate,
     load_certificate_files,
     load_client_ca,
     load_or_create_self_signed,
 )
-from haven_agent.config import ProxyConfig
-from haven_agent.connection_limits import ConnectionLimits
-from haven_agent.docker_socket import docker_connector
-from haven_agent.gate import GateFactory
-from haven_agent.halfclose_tls import wrapWithHalfCloseableTLS
-from haven_agent.reuse_port import ListenAddress, ReusePortListener
-from haven_agent.startup_errors import StartupError
-from haven_agent.throttle import FailureThrottle
-from haven_agent.tls_reload import (
+from haven_agent.tls.reload import (
     CertificateWatch,
     ReloadableServerOptions,
     install_reload_signal,

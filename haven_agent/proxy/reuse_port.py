@@ -23,6 +23,8 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 
+from haven_agent._twisted.endpoints import tcp_bind_address
+
 
 @frozen
 class ListenAddress:
@@ -71,10 +73,9 @@ def listen_addresses(descriptions: tuple[str, ...]) -> list[ListenAddress]:
                 f"{description}: several workers can only share TCP listeners "
                 "(tcp:PORT or tcp6:PORT)"
             )
-        interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "")
-        addresses.append(
-            ListenAddress(family, interface, endpoint._port, endpoint._backlog)
-        )
+        interface, port, backlog = tcp_bind_address(endpoint)
+        interface = interface or ("::" if family == socket.AF_INET6 else "")
+        addresses.append(ListenAddress(family, interface, port, backlog))
     return addresses
 
 

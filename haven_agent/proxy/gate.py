@@ -41,25 +41,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent.auth import NOT_KNOWN_YET, BasicAuthChecker
-from haven_agent.body_framing import ChunkedBody, FramingError, LengthBody
-from haven_agent.connection_limits import ConnectionLimits, source_of
-from haven_agent.eager_write import write_now
-from haven_agent.health import HEALTH_PATH, DockerProbe, health_response
-from haven_agent.http_head import (
+from haven_agent._twisted.eager_write import write_now
+from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker
+from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.proxy.connection_limits import ConnectionLimits, source_of
+from haven_agent.proxy.health import HEALTH_PATH, DockerProbe, health_response
+from haven_agent.proxy.http_head import (
     Framing,
     HeadError,
     HeadReader,
     HijackAnswer,
     RequestHead,
 )
-from haven_agent.log_safe import printable, printable_bytes
-from haven_agent.read_only import is_stream, read_only_refusal
-from haven_agent.responses import error_response
-from haven_agent.splice import DockerConnection, PauseReasons, tune_socket
-from haven_agent.throttle import FailureThrottle
-from haven_agent.tls_failure import describe_close
-from haven_agent.tls_reload import client_identity
+from haven_agent.proxy.log_safe import printable, printable_bytes
+from haven_agent.proxy.read_only import is_stream, read_only_refusal
+from haven_agent.proxy.responses import error_response
+from haven_agent.proxy.splice import DockerConnection, PauseReasons, tune_socket
+from haven_agent.proxy.throttle import FailureThrottle
+from haven_agent.tls.failure import describe_close
+from haven_agent.tls.reload import client_identity
 
 AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
 AUTH_MODES = ("password", "cert", "both")

@@ -23,13 +23,17 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-from haven_agent.collector import NodeCollector
+from haven_agent._twisted.http_pool import quiet_pool
 from haven_agent.config import ReporterConfig
-from haven_agent.docker_api import DockerAPI, DockerEventWatcher, DockerUnavailable
-from haven_agent.host_metrics import HostRoot, MountProber
-from haven_agent.http_pool import quiet_pool
-from haven_agent.node_identity import default_node_name
-from haven_agent.reporter import LogReporter, ReporterService
+from haven_agent.reporting.collector import NodeCollector
+from haven_agent.reporting.docker_api import (
+    DockerAPI,
+    DockerEventWatcher,
+    DockerUnavailable,
+)
+from haven_agent.reporting.host_metrics import HostRoot, MountProber
+from haven_agent.reporting.node_identity import default_node_name
+from haven_agent.reporting.reporter import LogReporter, ReporterService
 
 log = Logger()
 

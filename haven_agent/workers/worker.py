@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_workers -*-
 """
-One worker process of `--workers N`: `python -m haven_agent.worker`.
+One worker process of `--workers N`: `python -m haven_agent.workers.worker`.
 
-Started by the agent (see `haven_agent.workers`), never by hand: it reads
+Started by the agent (see `haven_agent.workers.pool`), never by hand: it reads
 its settings as one JSON line on stdin, serves the proxy on the agent's
 SO_REUSEPORT ports, logs to stdout in the agent's format, and stops
 gracefully on SIGTERM, or when stdin reaches end-of-file because the agent
@@ -42,27 +42,27 @@ def main() -> None:
     # Until the proxy installs its own handler, a SIGHUP (the agent passing
     # on a certificate reload) must not end the worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from haven_agent.workers import read_worker_spec
+    from haven_agent.workers.pool import read_worker_spec
 
     line = sys.stdin.buffer.readline()
     if not line:
-        sys.exit("haven_agent.worker: no settings on stdin (started by hand?)")
+        sys.exit("haven_agent.workers.worker: no settings on stdin (started by hand?)")
     config, addresses, logFormat, index, logLevel = read_worker_spec(line)
 
     if logFormat == "json":
-        from haven_agent.json_log import json_lines_observer
+        from haven_agent.logs.json_lines import json_lines_observer
 
         observer = json_lines_observer(sys.stdout, logLevel)
     else:
-        from haven_agent.log_level import at_level
-        from haven_agent.text_log import ClassicTextFormat
+        from haven_agent.logs.level import at_level
+        from haven_agent.logs.text import ClassicTextFormat
 
         observer = FileLogObserver(sys.stdout, at_level(ClassicTextFormat(), logLevel))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from twisted.internet import reactor, stdio
 
-    from haven_agent.proxy_service import build_proxy_service
+    from haven_agent.proxy.service import build_proxy_service
 
     service = build_proxy_service(config, reactor, reusePort=addresses)
     service.announce = False

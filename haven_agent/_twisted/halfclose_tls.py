@@ -29,7 +29,7 @@ This module changes these things about Twisted's TLS transport:
   turn (a `callLater(0)` per write, `BufferingTLSTransport`'s aggregation,
   which is why this subclasses `TLSMemoryBIOProtocol` instead), and all the
   TLS records one write makes go to the socket in one `write_now` (see
-  `haven_agent.eager_write`). The proxy's writes are whole socket reads
+  `haven_agent._twisted.eager_write`). The proxy's writes are whole socket reads
   already, so there is nothing to gather, and the delay cost a reactor
   iteration per answer.
 
@@ -49,8 +49,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent.eager_write import write_now
-from haven_agent.tls_failure import NoClientHello
+from haven_agent._twisted.eager_write import write_now
+from haven_agent.tls.failure import NoClientHello
 
 #: Most plaintext one TLS record carries.
 RECORD_PAYLOAD = 2**14
@@ -312,7 +312,11 @@ def wrapWithHalfCloseableTLS(
     with C{helloTimeout} (and the C{clock} to time it), a connection that
     sends nothing within that many seconds is aborted.
     """
-    factory = HalfCloseableTLSFactory(contextFactory, False, wrappedFactory)
+    # Given a clock, Twisted's factory does not import the global reactor
+    # (which would install the default one as a side effect).
+    factory = HalfCloseableTLSFactory(
+        contextFactory, False, wrappedFactory, clock=clock
+    )
     if helloTimeout is not None:
         if clock is None:
             raise ValueError("a hello timeout needs a clock")

@@ -53,9 +53,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
+from haven_agent._twisted.http_pool import quiet_pool
 from haven_agent.backoff import backoff_delay
 from haven_agent.config import docker_endpoint
-from haven_agent.http_pool import quiet_pool
 
 __all__ = [
     "CONTAINER_ACTIONS",

@@ -41,7 +41,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from haven_agent.certificates import (
+from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
     certificate_options,

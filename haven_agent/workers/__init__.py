@@ -1,0 +1,3 @@
+"""
+`--workers N`: the proxy served from several processes sharing its ports.
+"""
