@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_docker_api -*-
+# -*- test-case-name: tests.reporting.test_docker_api -*-
 """
 A fake Docker Engine API on a UNIX socket, for the reporter's Docker client.
 

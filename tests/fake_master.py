@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reporter -*-
+# -*- test-case-name: tests.reporting.test_reporter -*-
 """
 A fake Haven master's C{POST /discovery/nodes/{name}}, for the reporter's tests.
 

@@ -1,4 +1,4 @@
-"""Build the haven-agent container image offline, for tests/test_image.py.
+"""Build the haven-agent container image offline, for tests/e2e/test_image.py.
 
 No registry is reachable on the test machines, so `FROM python:3.11-slim`
 cannot be pulled.  Instead:

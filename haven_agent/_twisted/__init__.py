@@ -7,7 +7,7 @@ per-read `recvmsg` wrapper, a connection pool that does not log every
 connection, the address an endpoint will bind, a log publisher's
 observers), so they reach inside. Keeping them here, and every private name
 they use listed in `PRIVATE_NAMES`, makes an upgrade's risk one folder, and
-`tests/test_twisted_canary.py` fails naming the attribute when a Twisted
+`tests/_twisted/test_canary.py` fails naming the attribute when a Twisted
 release removes or renames one. setup.cfg pins the Twisted release line
 they are tested with.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_docker_socket -*-
+# -*- test-case-name: tests._twisted.test_docker_socket -*-
 """
 Connecting to dockerd: its UNIX socket read with recv(), not recvmsg().
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_eager_write -*-
+# -*- test-case-name: tests._twisted.test_eager_write -*-
 """
 Writing to a socket transport at once instead of on the next reactor turn.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_canary -*-
+# -*- test-case-name: tests._twisted.test_canary -*-
 """
 What a parsed TCP server endpoint will bind: its interface, port and
 backlog, which Twisted's endpoints keep in private attributes.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_halfclose_tls -*-
+# -*- test-case-name: tests._twisted.test_halfclose_tls -*-
 """
 A TLS server transport that can close one direction at a time.
 

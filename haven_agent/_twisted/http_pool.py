@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reporting -*-
+# -*- test-case-name: tests.reporting.test_service -*-
 """
 HTTP connection pools for the agent's own clients (dockerd, the master).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_twisted_canary -*-
+# -*- test-case-name: tests._twisted.test_canary -*-
 """
 The observers a log publisher has, and the file a file observer writes to.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_json_log -*-
+# -*- test-case-name: tests.logs.test_json_lines -*-
 """
 `--log-format json`: one JSON object per line, for log shippers.
 

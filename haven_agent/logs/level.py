@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_log_level -*-
+# -*- test-case-name: tests.logs.test_level -*-
 """
 `--log-level`: the least important events the log keeps.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_text_log -*-
+# -*- test-case-name: tests.logs.test_text -*-
 """
 twistd's text log lines, written with less work per line.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.proxy.test_auth -*-
 """
 Who may pass the gate: HTTP Basic credentials against the configured ones.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_body_framing -*-
+# -*- test-case-name: tests.proxy.test_body_framing -*-
 """
 Finding where a request body ends while its bytes stream past untouched.
 

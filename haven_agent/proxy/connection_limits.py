@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connection_limits -*-
+# -*- test-case-name: tests.proxy.test_connection_limits -*-
 """
 How many connections each party may hold, so that one cannot lock out all.
 

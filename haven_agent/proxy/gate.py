@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gate -*-
+# -*- test-case-name: tests.proxy.test_gate -*-
 """
 The gate: every request head on a client connection is read, judged and
 then let through to dockerd byte for byte.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gate -*-
+# -*- test-case-name: tests.proxy.test_gate -*-
 """
 The agent's own health answer, for container health checks and monitors.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http_head -*-
+# -*- test-case-name: tests.proxy.test_http_head -*-
 """
 Reading and judging one HTTP/1.x request head, without touching its bytes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_log_safe -*-
+# -*- test-case-name: tests.proxy.test_log_safe -*-
 """
 Request data made safe to write into a log line.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_read_only -*-
+# -*- test-case-name: tests.proxy.test_read_only -*-
 """
 What the read-only account may ask: an explicit list of read routes.
 

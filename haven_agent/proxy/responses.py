@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gate -*-
+# -*- test-case-name: tests.proxy.test_gate -*-
 """
 The few answers the agent gives itself, shaped like dockerd's own errors.
 

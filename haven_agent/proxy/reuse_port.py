@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.workers.test_workers -*-
 """
 Listening sockets that several processes bind at once (SO_REUSEPORT).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy_service -*-
+# -*- test-case-name: tests.proxy.test_proxy_fake_dockerd -*-
 """
 Assembling the Docker API proxy: certificate, TLS, gate, listeners.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice -*-
+# -*- test-case-name: tests.proxy.test_splice -*-
 """
 The dockerd side of a proxied connection, and the flow control between sides.
 

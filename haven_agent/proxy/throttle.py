@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_throttle -*-
+# -*- test-case-name: tests.proxy.test_throttle -*-
 """
 Slowing down password guessing, per source address.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_collector -*-
+# -*- test-case-name: tests.reporting.test_service -*-
 """
 Gathering one node report: host metrics and Docker state, off the reactor.
 

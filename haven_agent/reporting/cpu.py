@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cpu -*-
+# -*- test-case-name: tests.reporting.test_cpu -*-
 """
 CPU load of the host, in percent, averaged since the previous report.
 

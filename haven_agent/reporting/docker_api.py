@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_docker_api -*-
+# -*- test-case-name: tests.reporting.test_docker_api -*-
 """
 What the reporter needs from dockerd: node info, the container list, and a
 nudge when containers change.

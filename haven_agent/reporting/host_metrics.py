@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host_metrics -*-
+# -*- test-case-name: tests.reporting.test_host_metrics -*-
 """
 Memory, network and disk figures of the host, read from its C{/proc}.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_node_identity -*-
+# -*- test-case-name: tests.reporting.test_node_identity -*-
 """
 Who this node is to the Haven master: its name and the address it advertises.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_recurring_problem -*-
+# -*- test-case-name: tests.reporting.test_recurring_problem -*-
 """
 A problem met again on every retry, logged without filling the log.
 

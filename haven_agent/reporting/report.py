@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_report -*-
+# -*- test-case-name: tests.reporting.test_report -*-
 """
 The body of the report the agent POSTs to the Haven master
 (C{POST /discovery/nodes/{name}}, handled by the master's

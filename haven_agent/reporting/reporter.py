@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reporter -*-
+# -*- test-case-name: tests.reporting.test_reporter -*-
 """
 The services that report this node to the Haven master every interval.
 

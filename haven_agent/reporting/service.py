@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reporting -*-
+# -*- test-case-name: tests.reporting.test_service -*-
 """
 The reporting half of the agent: settle the node's name, then report.
 

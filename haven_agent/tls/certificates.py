@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certificates -*-
+# -*- test-case-name: tests.tls.test_certificates -*-
 """
 The agent's TLS identity: the server certificate and the TLS options built from it.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_failure -*-
+# -*- test-case-name: tests.tls.test_failure -*-
 """
 Why a connection ended before its first request, in words.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_reload -*-
+# -*- test-case-name: tests.tls.test_reload -*-
 """
 The TLS material's life after start-up: reloading it, watching it expire,
 and telling who a client certificate belongs to.

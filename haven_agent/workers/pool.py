@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.workers.test_workers -*-
 """
 Serving the proxy from several processes: `--workers N`.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.workers.test_workers -*-
 """
 One worker process of `--workers N`: `python -m haven_agent.workers.worker`.
 

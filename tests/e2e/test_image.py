@@ -86,7 +86,7 @@ def _free_port() -> int:
 
 def _measure(name: str, value: object) -> None:
     MEASURED[name] = value
-    log.msg(f"tests.test_image measured {name} = {value}")
+    log.msg(f"tests.e2e.test_image measured {name} = {value}")
 
 
 # -- shared state: the dockerd, the image, the fake master, one agent -----
@@ -126,7 +126,7 @@ def _at_exit() -> None:
         except OSError:
             pass
         summary = ", ".join(f"{k}={v}" for k, v in sorted(MEASURED.items()))
-        print(f"tests.test_image measured: {summary}", file=sys.stderr)
+        print(f"tests.e2e.test_image measured: {summary}", file=sys.stderr)
 
 
 def _register_cleanup(fn=None) -> None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_reload -*-
+# -*- test-case-name: tests.tls.test_reload -*-
 """
 Tests for L{haven_agent.tls.reload}: reloading the TLS material while
 serving, the expiry warning, SIGHUP, and client certificates.
@@ -7,7 +7,7 @@ Whether a reload reaches new connections and spares established ones, and
 whether OpenSSL really refuses a client, is decided by real handshakes on real
 sockets: the server is the agent's own half-closeable TLS wrapper on a
 listening port, the client a blocking pyOpenSSL connection run in a thread
-(as in L{tests.test_halfclose_tls}).  The rest runs on a C{Clock}.
+(as in L{tests._twisted.test_halfclose_tls}).  The rest runs on a C{Clock}.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 
-from tests.test_e2e_hardening import HardeningCase, _recv_all
+from tests.e2e.test_hardening import HardeningCase, _recv_all
 
 VIEWER, VIEWER_PASSWORD = "viewer", "look"
 CROWD_SOURCE = "127.0.0.2"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certificates -*-
+# -*- test-case-name: tests.tls.test_certificates -*-
 """
 Tests for L{haven_agent.tls.certificates}: the node's self-signed certificate, loading
 operator-supplied files, and the TLS server options, the latter exercised with

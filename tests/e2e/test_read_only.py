@@ -27,7 +27,7 @@ import threading
 import time
 
 from tests.realdockerd import IMAGE
-from tests.test_e2e_hardening import TIMEOUT, HardeningCase, _http_body
+from tests.e2e.test_hardening import TIMEOUT, HardeningCase, _http_body
 
 VIEWER, VIEWER_PASSWORD = "viewer", "look"
 

@@ -4,7 +4,7 @@ The agent runs as `twistd -n haven-agent` (tests/e2e_agent.py) in front of the
 Docker-compatible API of a private `podman system service` started once per
 test run (tests/realpodman.py).  The clients are the real docker CLI,
 docker-py and curl; the helpers come from the dockerd suite
-(tests/test_e2e_real_dockerd.py), whose `self.direct(...)` here runs the
+(tests/e2e/test_real_dockerd.py), whose `self.direct(...)` here runs the
 docker CLI straight against podman's socket.  Claims about state (a
 container made, removed, an image built) are checked there, not only through
 the agent.  The reporter runs against the fake Haven master of
@@ -43,7 +43,7 @@ from twisted.trial.unittest import TestCase
 from tests.e2e_agent import AgentProcess, AgentStartError
 from tests.fake_master import FakeMaster, listen
 from tests.realpodman import IMAGE, PODMAN_IMAGE, PodmanUnavailable, shared_podman
-from tests.test_e2e_real_dockerd import (
+from tests.e2e.test_real_dockerd import (
     AGENT_LOG_PROBLEMS,
     E2ETestCase,
     _LineReader,

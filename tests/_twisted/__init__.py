@@ -1,0 +1,1 @@
+"""Tests of haven_agent._twisted."""
