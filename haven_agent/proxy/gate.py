@@ -4,23 +4,30 @@ The gate: every request head on a client connection is read, judged and
 then let through to dockerd byte for byte.
 
 One client connection maps to one connection to dockerd, opened when the
-first request has been authorised. For each request the gate reads the head
-(bounded), checks its Basic credentials, forwards the head and follows the
-body's framing to find the next head, which is gated again. A request that
-dockerd hijacks (attach, exec start, any Upgrade) turns the connection into a
-raw two-way pipe for the rest of its life. dockerd's replies are not parsed;
-they flow back under flow control only. The one exception is the head of the
-answer to a request that may hijack: attach and exec start are answered
-without a hijack when detached or refused (404, 409), and the requests after
-such an answer must pass the gate like any other. Client bytes after such a
-request wait for that answer head. Were the request pipelined behind others
-whose answers have not begun, the answer head seen next would not be its
-own, so then the hijack is taken as given.
+first request has been allowed. Both directions are framed: the client's
+requests (`http_head`, `body_framing`: bounded heads, bodies followed to
+their end so the next head is gated too) and dockerd's answers
+(`answer_framing`: each matched to its request in order). What may pass is
+decided by `decision`, how the bytes flow and each side closes by `splice`,
+and each request is logged by `access_log` when its answer is complete.
 
-Refusals (401, 400, 431, 502, ...) are JSON bodies like dockerd's own errors,
-followed by a close. A refusal of a later request on a keep-alive connection
-waits until dockerd has finished what it was still sending, so the answer is
-never spliced into the middle of an earlier response.
+The connection is in one `Phase` at a time:
+
+- READING: request bytes are read; each complete head is judged.
+- DECIDING: a head waits for its verdict (bcrypt in a thread), the health
+  probe, or the connection to dockerd; client bytes are parked.
+- HOLDING: a request that may hijack (attach, exec start, any Upgrade) went
+  to dockerd; client bytes are parked until its answer's head says whether
+  it did. Pipelined requests before it are answered first, and the framing
+  of their answers tells which answer is its.
+- PIPE: dockerd hijacked: raw bytes both ways for the rest of the life.
+- CLOSING: the last answer (a refusal, a timeout) is on its way or the
+  agent is stopping: client bytes are dropped.
+- CLOSED: the client connection is gone.
+
+Refusals (401, 400, 431, 502, ...) are JSON bodies like dockerd's own
+errors, followed by a close; one on a keep-alive connection waits until
+dockerd's earlier answers are complete, so it is never spliced into one.
 
 Time bounds apply only before a request head is complete: the first head
 (and the TLS handshake before it) and any later head once its first byte has
@@ -30,51 +37,74 @@ arrived. Established streams never time out: the Haven master keeps
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent._twisted.eager_write import write_now
+from haven_agent.proxy.access_log import (
+    RequestRecord,
+    log_request,
+    log_stream_opened,
+)
+from haven_agent.proxy.answer_framing import AnswerFramer, Event
 from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker
 from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
 from haven_agent.proxy.connection_limits import ConnectionLimits, source_of
-from haven_agent.proxy.health import HEALTH_PATH, DockerProbe, health_response
-from haven_agent.proxy.http_head import (
-    Framing,
-    HeadError,
-    HeadReader,
-    HijackAnswer,
-    RequestHead,
+from haven_agent.proxy.decision import (
+    AUTH_MODES,
+    AccessDecision,
+    Allow,
+    AnswerHealth,
+    Identity,
+    Refuse,
 )
-from haven_agent.proxy.log_safe import printable, printable_bytes
-from haven_agent.proxy.read_only import is_stream, read_only_refusal
+from haven_agent.proxy.health import DockerProbe, health_response
+from haven_agent.proxy.http_head import HeadError, HeadReader, RequestHead
+from haven_agent.proxy.log_safe import printable
+from haven_agent.proxy.read_only import is_stream
 from haven_agent.proxy.responses import error_response
-from haven_agent.proxy.splice import DockerConnection, PauseReasons, tune_socket
+from haven_agent.proxy.splice import DockerConnection, Splice, tune_socket
 from haven_agent.proxy.throttle import FailureThrottle
 from haven_agent.tls.failure import describe_close
 from haven_agent.tls.reload import client_identity
 
-AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
-AUTH_MODES = ("password", "cert", "both")
-# What the access log's `auth` field says for each mode.
-AUTH_METHODS = {"password": "password", "cert": "cert", "both": "cert+password"}
-READ_METHODS = (b"GET", b"HEAD")
+__all__ = ["AUTH_MODES", "GateFactory", "GateProtocol", "Phase", "peer_label"]
 
 log = Logger(namespace="haven_agent.requests")
 
-#: The access log's message as a twisted.logger format over the event's
-#: fields; `GateProtocol._logRequest` writes the same text ready-made.
-ACCESS_LOG_FORMAT = (
-    "{peer} {user} {method} {path}: {outcome}; {bytesIn} bytes in, "
-    "{bytesOut} bytes out, {duration:.3f} s"
-)
+
+class Phase(Enum):
+    READING = "reading"
+    DECIDING = "deciding"
+    HOLDING = "holding"
+    PIPE = "pipe"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+#: The phases a connection may go to from each phase.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.READING: frozenset(
+        (Phase.DECIDING, Phase.HOLDING, Phase.PIPE, Phase.CLOSING, Phase.CLOSED)
+    ),
+    Phase.DECIDING: frozenset((Phase.READING, Phase.CLOSING, Phase.CLOSED)),
+    Phase.HOLDING: frozenset((Phase.READING, Phase.PIPE, Phase.CLOSING, Phase.CLOSED)),
+    Phase.PIPE: frozenset((Phase.CLOSING, Phase.CLOSED)),
+    Phase.CLOSING: frozenset((Phase.CLOSED,)),
+    Phase.CLOSED: frozenset(),
+}
+
+#: Why the client's reads are paused, as PauseReasons keys.
+PAUSED_FOR = {Phase.DECIDING: "deciding", Phase.HOLDING: "awaiting dockerd's answer"}
 
 
 @define(eq=False, slots=False)
@@ -102,11 +132,11 @@ class GateFactory(Factory):
     #: Seconds an idle keep-alive connection of the read-only user is kept.
     idleTimeout: float = 60.0
     probe: DockerProbe | None = None
+    decision: AccessDecision = field(init=False)
     connections: set[GateProtocol] = field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
-        if self.authMode not in AUTH_MODES:
-            raise ValueError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
+        self.decision = AccessDecision(self.checker, self.authMode, self.throttle)
         if self.probe is None:
             self.probe = DockerProbe(self.connectDocker, self.clock)
 
@@ -148,37 +178,6 @@ class GateFactory(Factory):
         return done
 
 
-@define(eq=False)
-class RequestRecord:
-    """
-    What the access log says about one request.
-    """
-
-    method: str
-    path: str
-    user: str | None
-    started: float
-    auth: str = "-"
-    certificate: str | None = None
-    bytesIn: int = 0
-    bytesOut: int = 0
-    hijacked: bool = False
-
-    @classmethod
-    def of(cls, head: RequestHead | None, user: str | None, now: float):
-        if head is None:
-            return cls("-", "-", user, now)
-        target = head.target
-        if len(target) > 256:
-            target = target[:256] + b"..."
-        return cls(
-            printable_bytes(head.method),
-            printable_bytes(target),
-            printable(user) if user is not None else None,
-            now,
-        )
-
-
 def peer_label(peer) -> str:
     """
     C{host:port} of a client for the log and the throttle: an IPv4 client of
@@ -205,27 +204,25 @@ class GateProtocol(Protocol):
         self._clock = factory.clock
         self._peer = peer_label(peer)
         self._source = source_of(str(getattr(peer, "host", peer)))
+        self._phase = Phase.READING
         self._reader = HeadReader()
         self._body: LengthBody | ChunkedBody | None = None
-        self._docker: DockerConnection | None = None
-        self._connecting = False
-        self._piping = False
-        self._answer: HijackAnswer | None = None
-        self._dockerSpokeSinceForward = False
-        self._deciding = False
-        self._processing = False
-        self._discarding = False
-        self._lingering = False
-        self._finished = False
-        self._clientReadDone = False
-        self._dockerReadDone = False
-        self._dockerClosing = False
-        self._pending = b""
+        self._answers = AnswerFramer()
+        self._splice: Splice | None = None
+        #: Client bytes read while DECIDING or HOLDING, read again after.
+        self._parked = b""
+        #: Requests sent to dockerd whose answers are not complete, in order.
+        self._records: deque[RequestRecord] = deque()
+        #: The request whose bytes are going to dockerd.
+        self._sending: RequestRecord | None = None
+        #: The request that may hijack, until its answer's head says.
+        self._holdFor: RequestRecord | None = None
         self._refusal: bytes | None = None
-        self._request: RequestRecord | None = None
+        self._identity: Identity | None = None
         self._requests = 0
         self._timer = None
-        self._clientPauser: PauseReasons | None = None
+        self._clientReadDone = False
+        self._dockerReadDone = False
         #: Who the connection counts against, once authenticated.
         self._user: str | None = None
         #: Read-only connections are closed when idle (see _idleCheck).
@@ -233,8 +230,42 @@ class GateProtocol(Protocol):
         self._idleStream = False
         self._idleTimer = None
         self._lastActivity = 0.0
-        self._certificateName: str | None = None
         self._firstToClose: str | None = None
+
+    # Phases
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self._phase]:
+            raise RuntimeError(f"gate: no way from {self._phase} to {phase}")
+        self._phase = phase
+
+    def _closing(self) -> None:
+        """
+        To CLOSING from wherever the connection is (not CLOSED).
+        """
+        if self._phase is not Phase.CLOSING and self._phase is not Phase.CLOSED:
+            self._enter(Phase.CLOSING)
+
+    def _park(self, phase: Phase, data: bytes) -> None:
+        """
+        Wait in C{phase} (DECIDING, HOLDING) with the client paused; what it
+        sent after the current request is read once L{_continue} is called.
+        """
+        self._enter(phase)
+        self._parked = data
+        self._splice.clientPauser.pause(PAUSED_FOR[phase])
+
+    def _continue(self) -> None:
+        """
+        Back to READING: what was parked is read now.
+        """
+        paused = self._phase
+        self._enter(Phase.READING)
+        self._splice.clientPauser.resume(PAUSED_FOR[paused])
+        data, self._parked = self._parked, b""
+        if data:
+            self._readRequests(data)
+        self._passClientEOFIfDue()
 
     # Client events
 
@@ -242,7 +273,7 @@ class GateProtocol(Protocol):
         factory = self._factory
         factory.connections.add(self)
         tune_socket(self.transport)
-        self._clientPauser = PauseReasons(self.transport)
+        self._splice = Splice(self.transport, self._clock, factory.lingerTimeout)
         overload = factory.limits.arrived(self._source)
         if overload is not None:
             self._overloaded(*overload)
@@ -261,28 +292,29 @@ class GateProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._idleWatch:
             self._lastActivity = self._clock.seconds()
-        if self._discarding:
-            return
-        if self._piping:
+        phase = self._phase
+        if phase is Phase.READING:
+            self._readRequests(data)
+        elif phase is Phase.PIPE:
             self._toDocker(data)
-        elif self._waiting():
-            self._pending += data
-        else:
-            self._process(data)
+        elif phase is Phase.DECIDING or phase is Phase.HOLDING:
+            # The transport is paused, but TLS may still hand over what it
+            # had decrypted.
+            self._parked += data
 
     def readConnectionLost(self) -> None:
         self._clientReadDone = True
         self._firstToClose = self._firstToClose or "client"
-        if self._lingering:
+        if self._splice.lingering:
             self.transport.loseConnection()
-        elif not (self._waiting() or self._discarding):
+        elif self._phase is Phase.READING or self._phase is Phase.PIPE:
             self._passClientEOF()
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason=None) -> None:
-        if not self._requests and not self._discarding:
+        if not self._requests and self._phase is not Phase.CLOSING:
             # Nothing else will say this connection existed: a failed TLS
             # handshake, garbage, plain HTTP, or a client that just left.
             log.info(
@@ -290,69 +322,70 @@ class GateProtocol(Protocol):
                 peer=self._peer,
                 why=describe_close(reason),
             )
-        self._finished = True
+        self._phase = Phase.CLOSED
         if self in self._factory.connections:
             self._factory.connections.discard(self)
             self._factory.limits.left(self._source, self._user)
         self._cancelTimer()
+        self._splice.cancelLinger()
         if self._idleTimer is not None and self._idleTimer.active():
             self._idleTimer.cancel()
         self._idleTimer = None
-        self._finishRequest("client closed")
-        self._closeDocker()
+        self._logOutstanding("client closed")
+        self._splice.closeDocker()
 
-    def _waiting(self) -> bool:
+    # Reading requests
+
+    def _readRequests(self, data: bytes) -> None:
         """
-        Are client bytes held back: while a head is decided, and after the
-        body of a request that may hijack until dockerd's answer tells?
+        Read request bytes in READING: bodies go to dockerd, each complete
+        head is judged; stop where the phase changes.
         """
-        return self._deciding or (self._answer is not None and self._body is None)
-
-    # Reading heads and bodies
-
-    def _process(self, data: bytes) -> None:
-        self._processing = True
-        try:
-            while data and not self._discarding:
-                if self._piping:
+        while data:
+            phase = self._phase
+            if phase is not Phase.READING:
+                if phase is Phase.PIPE:
                     self._toDocker(data)
-                    return
-                if self._body is not None:
-                    data = self._feedBody(data)
-                    continue
-                if self._answer is not None:
-                    self._pending = data
-                    self._clientPauser.pause("awaiting dockerd's answer")
-                    return
-                # A later head is timed from its first byte. The timer is
-                # started only when these bytes leave the head incomplete: a
-                # head that arrives whole (the usual case) needs no timer,
-                # and starting and cancelling one per request is wasted work.
-                timeNextHead = not self._reader.started and self._requests
-                try:
-                    head, data = self._reader.feed(data)
-                except HeadError as error:
-                    self._refuse(error.status, error.message, None, None)
-                    return
-                if head is None:
-                    # Only once a head has begun: empty lines between
-                    # requests are skipped, and a stream must not time out.
-                    if timeNextHead and self._reader.started:
-                        self._startTimer(self._factory.nextHeadTimeout)
-                    return
-                if self._timer is not None:
-                    self._cancelTimer()
-                self._deciding = True
-                self._pending = data
-                self._decide(head)
-                if self._deciding:
-                    self._clientPauser.pause("deciding")
-                    return
-                data, self._pending = self._pending, b""
-        finally:
-            self._processing = False
+                elif phase is Phase.DECIDING or phase is Phase.HOLDING:
+                    self._parked += data
+                return
+            if self._body is not None:
+                data = self._forwardBody(data)
+                continue
+            if self._holdFor is not None:
+                self._park(Phase.HOLDING, data)
+                return
+            # A later head is timed from its first byte. The timer is
+            # started only when these bytes leave the head incomplete: a
+            # head that arrives whole (the usual case) needs no timer, and
+            # starting and cancelling one per request is wasted work.
+            timeNextHead = not self._reader.started and self._requests
+            try:
+                head, data = self._reader.feed(data)
+            except HeadError as error:
+                self._refuse(error.status, error.message, None, None)
+                return
+            if head is None:
+                # Only once a head has begun: empty lines between requests
+                # are skipped, and a stream must not time out.
+                if timeNextHead and self._reader.started:
+                    self._startTimer(self._factory.nextHeadTimeout)
+                return
+            if self._timer is not None:
+                self._cancelTimer()
+            # Parked first: a verdict that comes back at once through a
+            # Deferred reads what follows from there.
+            self._parked = data
+            self._judge(head)
+            if self._phase is Phase.DECIDING:
+                self._splice.clientPauser.pause(PAUSED_FOR[Phase.DECIDING])
+                return
+            data, self._parked = self._parked, b""
 
-    def _feedBody(self, data: bytes) -> bytes:
+    def _forwardBody(self, data: bytes) -> bytes:
+        """
+        Forward the body bytes at the start of C{data}; return the rest.
+        """
         try:
             end = self._body.feed(data)
         except FramingError as error:
@@ -362,221 +395,269 @@ class GateProtocol(Protocol):
         self._toDocker(data if end == len(data) else data[:end])
         if self._body.done:
             self._body = None
+            self._requestSent()
         return data[end:]
 
-    # Deciding about a head
+    def _requestSent(self) -> None:
+        record = self._sending
+        if record is not None:
+            record.sent = True
+            if record.answered:
+                self._logAnswered(record)
 
-    def _decide(self, head: RequestHead) -> None:
+    # Judging a head
+
+    def _judge(self, head: RequestHead) -> None:
         try:
-            framing = head.framing
+            head.framing  # noqa: B018 (raises when the framing is refused)
         except HeadError as error:
             self._refuse(error.status, error.message, head, None)
             return
-        if head.method in READ_METHODS and head.path == HEALTH_PATH:
-            self._answerHealth(head)
+        decision = self._factory.decision
+        if self._identity is None:
+            self._identity = Identity(
+                self._peer.rsplit(":", 1)[0],
+                client_identity(self.transport) if decision.usesCertificates else None,
+            )
+        verdict = decision.verdictNow(head, self._identity)
+        if verdict is NOT_KNOWN_YET:
+            self._enter(Phase.DECIDING)
+            deciding = decision.verdict(head, self._identity)
+            deciding.addCallback(self._verdictKnown, head)
+            deciding.addErrback(self._unexpected)
             return
-        user = self._authenticateNow(head)
-        if user is NOT_KNOWN_YET:
-            checking = self._authenticate(head)
-            checking.addCallback(self._authorised, head, framing)
-            checking.addErrback(self._unexpected)
-            return
-        # The verdict is known at once (the usual case: plain password, a
-        # remembered bcrypt verdict, or a certificate): decide without a
-        # Deferred, but treat an error as the Deferred path's errback would.
+        # Known at once (the usual case): no Deferred, but an error is
+        # treated as the Deferred path's errback would.
         try:
-            self._authorised(user, head, framing)
+            self._apply(verdict, head)
         except Exception:
             self._unexpected(Failure())
 
-    def _authenticateNow(self, head: RequestHead):
-        """
-        Who sent C{head}, when known without waiting: a user name, None for
-        nobody, or C{NOT_KNOWN_YET} when L{_authenticate} must be asked.
-        """
-        mode = self._factory.authMode
-        if mode != "password" and self._certificateName is None:
-            self._certificateName = client_identity(self.transport)
-        if mode == "cert":
-            return self._certificateName
-        user = self._factory.checker.checkNow(head.first(b"authorization"))
-        if mode == "both" and user is not NOT_KNOWN_YET:
-            return user if self._certificateName is not None else None
-        return user
-
-    def _authenticate(self, head: RequestHead) -> Deferred[str | None]:
-        """
-        Who sent C{head}: by password, by client certificate, or by both.
-        """
-        mode = self._factory.authMode
-        if mode != "password" and self._certificateName is None:
-            self._certificateName = client_identity(self.transport)
-        if mode == "cert":
-            return succeed(self._certificateName)
-        checking = self._factory.checker.check(head.first(b"authorization"))
-        if mode == "both":
-            checking.addCallback(
-                lambda user: user if self._certificateName is not None else None
-            )
-        return checking
-
-    def _authMethod(self) -> str:
-        return AUTH_METHODS[self._factory.authMode]
-
-    def _authorised(self, user: str | None, head: RequestHead, framing) -> None:
-        if self._finished:
+    def _verdictKnown(self, verdict, head: RequestHead) -> None:
+        if self._phase is not Phase.DECIDING:
             return
-        if user is None:
-            self._unauthenticated(head)
-            return
-        if self._factory.checker.isReadOnly(user):
-            refusal = read_only_refusal(head)
-            if refusal is not None:
-                self._refuse(
-                    403,
-                    f"user {user} is read-only: {refusal} "
-                    f"({printable_bytes(head.method)} {printable_bytes(head.apiPath)})",
-                    head,
-                    user,
-                )
-                return
+        self._apply(verdict, head)
+        if self._phase is Phase.DECIDING and not self._splice.connecting:
+            # Allowed and forwarded at once (dockerd already connected).
+            self._continue()
+
+    def _apply(self, verdict, head: RequestHead) -> None:
+        if isinstance(verdict, Allow):
+            self._allowed(verdict, head)
+        elif isinstance(verdict, Refuse):
+            self._refused(verdict, head)
+        elif isinstance(verdict, AnswerHealth):
+            self._answerHealth(head)
+
+    def _allowed(self, allowed: Allow, head: RequestHead) -> None:
         if self._user is None:
-            self._user = user
-            self._idleWatch = self._factory.checker.isReadOnly(user)
-            overload = self._factory.limits.authenticated(self._source, user)
+            self._user = allowed.user
+            self._idleWatch = allowed.readOnly
+            overload = self._factory.limits.authenticated(self._source, allowed.user)
             if overload is not None:
                 self._overloaded(*overload)
                 return
-        if self._docker is None:
-            self._connectDocker(head, framing, user)
+        if self._splice.docker is None:
+            self._connectDocker(head, allowed)
         else:
-            self._forward(head, framing, user)
+            self._forward(head, allowed)
 
-    def _unauthenticated(self, head: RequestHead) -> None:
-        if self._factory.authMode == "cert" or (
-            self._factory.authMode == "both" and self._certificateName is None
-        ):
-            message = "a client certificate signed by the agent's client CA is required"
-        elif head.first(b"authorization") is None:
-            message = "authentication required: send HTTP Basic credentials"
-        else:
-            message = "wrong user name or password"
-        throttle = self._factory.throttle
-        delay = throttle.failed(self._peerHost()) if throttle is not None else 0.0
-        if delay <= 0:
-            self._refuse(401, message, head, None, AUTHENTICATE)
+    def _refused(self, refusal: Refuse, head: RequestHead) -> None:
+        if refusal.delay <= 0:
+            self._refuse(
+                refusal.status, refusal.message, head, refusal.user, refusal.headers
+            )
             return
         # Answer later; meanwhile read nothing more from this client.
-        self._discarding = True
-        self._deciding = False
+        self._enter(Phase.CLOSING)
         self._cancelTimer()
         self._timer = self._clock.callLater(
-            delay, self._refuse, 401, message, head, None, AUTHENTICATE
+            refusal.delay,
+            self._refuse,
+            refusal.status,
+            refusal.message,
+            head,
+            refusal.user,
+            refusal.headers,
         )
 
-    def _peerHost(self) -> str:
-        return self._peer.rsplit(":", 1)[0]
-
     def _answerHealth(self, head: RequestHead) -> None:
+        if self._phase is Phase.READING:
+            self._enter(Phase.DECIDING)
         asking = self._factory.probe.isUp()
         asking.addCallback(self._healthKnown, head)
         asking.addErrback(self._unexpected)
 
     def _healthKnown(self, dockerUp: bool, head: RequestHead) -> None:
-        if self._finished:
+        if self._phase is Phase.CLOSED:
             return
         response = health_response(dockerUp)
-        self._finishRequest("done")
         record = RequestRecord.of(head, None, self._clock.seconds())
         record.bytesOut = len(response)
+        record.status = 200 if dockerUp else 503
         # Health checks come every few seconds: keep them out of the access
         # log unless asked for.
-        self._logRequest(
-            record, "health: docker " + ("up" if dockerUp else "down"), log.debug
-        )
+        self._log(record, "health: docker " + ("up" if dockerUp else "down"), log.debug)
         self._answerLast(response)
 
-    def _connectDocker(self, head: RequestHead, framing: Framing, user: str) -> None:
-        docker = DockerConnection(self)
-        self._connecting = True
-        connecting = self._factory.connectDocker(docker)
+    # dockerd's side
+
+    def _connectDocker(self, head: RequestHead, allowed: Allow) -> None:
+        if self._phase is Phase.READING:
+            self._enter(Phase.DECIDING)
+        connecting = self._splice.connect(self._factory.connectDocker, self)
         connecting.addCallbacks(
-            lambda _: self._dockerConnected(docker, head, framing, user),
-            lambda failure: self._dockerUnreachable(failure, head, user),
+            self._dockerConnected,
+            self._dockerUnreachable,
+            callbackArgs=(head, allowed),
+            errbackArgs=(head, allowed),
         )
         connecting.addErrback(self._unexpected)
 
-    def _dockerConnected(self, docker, head, framing, user) -> None:
-        self._connecting = False
-        if self._finished:
+    def _dockerConnected(
+        self, docker: DockerConnection, head: RequestHead, allowed: Allow
+    ) -> None:
+        if self._phase is not Phase.DECIDING:
+            # Closed or closing meanwhile.
             docker.transport.loseConnection()
             return
-        self._docker = docker
-        self.transport.registerProducer(docker.pauser, True)
-        docker.transport.registerProducer(self._clientPauser, True)
-        self._forward(head, framing, user)
+        self._splice.wire(docker)
+        self._forward(head, allowed)
+        if self._phase is Phase.DECIDING:
+            self._continue()
 
-    def _dockerUnreachable(self, failure, head: RequestHead, user: str) -> None:
-        self._connecting = False
-        if self._finished:
+    def _dockerUnreachable(
+        self, failure: Failure, head: RequestHead, allowed: Allow
+    ) -> None:
+        if self._phase is Phase.CLOSED:
             return
         message = (
             f"cannot reach the Docker daemon at {self._factory.dockerDescription}: "
             f"{failure.getErrorMessage()}"
         )
         log.warn("{problem}", problem=message)
-        self._refuse(502, message, head, user)
+        self._refuse(502, message, head, allowed.user)
 
-    def _forward(self, head: RequestHead, framing: Framing, user: str) -> None:
-        self._finishRequest("done")
-        # Pipelined: earlier requests went to dockerd and nothing has come
-        # back since, so the next answer head is not this request's.
-        pipelined = self._requests > 0 and not self._dockerSpokeSinceForward
-        self._dockerSpokeSinceForward = False
+    def _forward(self, head: RequestHead, allowed: Allow) -> None:
+        """
+        Send C{head} to dockerd and follow its body; a request that may
+        hijack holds what comes after it until its answer is known.
+        """
         self._requests += 1
-        self._request = RequestRecord.of(head, user, self._clock.seconds())
-        self._request.auth = self._authMethod()
-        self._request.certificate = (
-            printable(self._certificateName)
-            if self._certificateName is not None
-            else None
-        )
+        record = RequestRecord.of(head, allowed.user, self._clock.seconds())
+        record.auth = allowed.auth
+        if self._identity is not None and self._identity.certificate is not None:
+            record.certificate = printable(self._identity.certificate)
+        self._records.append(record)
+        self._sending = record
+        hijacks = head.hijacks
+        self._answers.expect(head.method, hijacks)
         self._toDocker(head.raw)
         if self._idleWatch:
             self._idleStream = is_stream(head)
-        hijacks = head.hijacks
-        if hijacks and pipelined:
-            # Which answer is whose would need dockerd's replies parsed:
-            # take the hijack as given, as for any stream.
-            self._startPiping()
+        if hijacks:
+            self._holdFor = record
+        framing = head.framing
+        if framing.chunked:
+            self._body = ChunkedBody()
+        elif framing.length:
+            self._body = LengthBody(framing.length)
         else:
-            if hijacks:
-                self._answer = HijackAnswer()
-            if framing.chunked:
-                self._body = ChunkedBody()
-            elif framing.length:
-                self._body = LengthBody(framing.length)
-        self._deciding = False
-        self._clientPauser.resume("deciding")
-        if not self._processing:
-            data, self._pending = self._pending, b""
-            if data:
-                self._process(data)
-            self._passClientEOFIfDue()
+            record.sent = True
 
     # dockerd events (UpstreamListener)
 
     def upstreamDataReceived(self, data: bytes) -> None:
         if self._idleWatch:
             self._answerArrived()
-        self._dockerSpokeSinceForward = True
-        if self._request is not None:
-            self._request.bytesOut += len(data)
         self.transport.write(data)
-        if self._answer is not None:
-            hijacked = self._answer.feed(data)
-            if hijacked is not None:
-                self._answered(hijacked)
+        records = self._records
+        if records and records[0].firstByte is None:
+            records[0].firstByte = self._clock.seconds()
+        events = self._answers.eventsIn(data)
+        if not events:
+            if records:
+                records[0].bytesOut += len(data)
+            return
+        self._answerEvents(data, events)
+
+    def _answerEvents(self, data: bytes, events) -> None:
+        """
+        Act on what the answer framer found in C{data}: statuses, answers
+        complete, a hijack; what was parked for a hijack's answer is read
+        after all of them.
+        """
+        records = self._records
+        position = 0
+        release = False
+        for event in events:
+            front = records[0] if records else None
+            if front is not None:
+                front.bytesOut += event.offset - position
+            position = event.offset
+            kind = event.kind
+            if front is None:
+                if kind is Event.UNFRAMEABLE:
+                    self._unframeable(event.message)
+                continue
+            if kind is Event.ENDED:
+                records.popleft()
+                front.answered = True
+                if front.sent:
+                    self._logAnswered(front)
+                if records and position < len(data):
+                    records[0].firstByte = self._clock.seconds()
+                continue
+            if kind is Event.UNFRAMEABLE:
+                self._unframeable(event.message)
+                break
+            front.status = event.status
+            if kind is Event.HIJACKED:
+                front.hijacked = True
+                log_stream_opened(self._peer, front)
+            if front is self._holdFor:
+                self._holdFor = None
+                release = True
+        if records:
+            records[0].bytesOut += len(data) - position
+        if self._refusal is not None and not records:
+            self._refusalDue()
+        elif release:
+            self._released(events[-1].kind is Event.HIJACKED)
+
+    def _released(self, hijacked: bool) -> None:
+        """
+        The answer to the request that may hijack is known.
+        """
+        if self._phase is Phase.CLOSING or self._phase is Phase.CLOSED:
+            return
+        if hijacked:
+            self._body = None
+            parked, self._parked = self._parked, b""
+            if self._phase is Phase.HOLDING:
+                self._splice.clientPauser.resume(PAUSED_FOR[Phase.HOLDING])
+            self._enter(Phase.PIPE)
+            if parked:
+                self._toDocker(parked)
+            if self._clientReadDone:
+                self._passClientEOF()
+        elif self._phase is Phase.HOLDING:
+            self._continue()
+
+    def _unframeable(self, problem: str) -> None:
+        """
+        dockerd's answer cannot be framed: no later answer can be matched
+        to its request, so no later request is let through.
+        """
+        log.warn(
+            "{peer}: dockerd's answer cannot be framed ({problem}); "
+            "closing the connection after it",
+            peer=self._peer,
+            problem=problem,
+        )
+        self._closing()
+        self._parked = b""
+        self._splice.closeDockerWrite()
 
     def _answerArrived(self) -> None:
         """
@@ -585,18 +666,22 @@ class GateProtocol(Protocol):
         one (an answer in flight is not idle, and a stream never is).
         """
         self._lastActivity = self._clock.seconds()
-        if self._idleTimer is None and not self._idleStream and not self._piping:
+        if (
+            self._idleTimer is None
+            and not self._idleStream
+            and self._phase is not Phase.PIPE
+        ):
             self._idleTimer = self._clock.callLater(
                 self._factory.idleTimeout, self._idleCheck
             )
 
     def _idleCheck(self) -> None:
         self._idleTimer = None
-        if self._finished or self._idleStream or self._piping:
+        if self._phase in (Phase.CLOSED, Phase.PIPE) or self._idleStream:
             return
         quiet = self._clock.seconds() - self._lastActivity
         timeout = self._factory.idleTimeout
-        if quiet < timeout or self._deciding or self._reader.started:
+        if quiet < timeout or self._phase is Phase.DECIDING or self._reader.started:
             self._idleTimer = self._clock.callLater(
                 max(timeout - quiet, 0.1), self._idleCheck
             )
@@ -607,65 +692,37 @@ class GateProtocol(Protocol):
             user=self._user,
             seconds=timeout,
         )
-        self._finishRequest("done")
-        self._discarding = True
+        self._logOutstanding("done")
+        self._enter(Phase.CLOSING)
         self.transport.loseConnection()
-        self._closeDocker()
-
-    def _answered(self, hijacked: bool) -> None:
-        """
-        dockerd has answered a request that may hijack: either the connection
-        is a raw pipe from now on, or the next request passes the gate.
-        """
-        self._answer = None
-        if hijacked:
-            self._startPiping()
-        self._clientPauser.resume("awaiting dockerd's answer")
-        data, self._pending = self._pending, b""
-        if data:
-            self._process(data)
-        self._passClientEOFIfDue()
-
-    def _startPiping(self) -> None:
-        self._piping = True
-        self._body = None
-        record = self._request
-        if record is not None:
-            record.hijacked = True
-            log.info(
-                "{peer} {user} {method} {path}: stream opened ({auth})",
-                peer=self._peer,
-                user=record.user or "-",
-                method=record.method,
-                path=record.path,
-                auth=record.auth,
-                event="stream opened",
-            )
+        self._splice.closeDocker()
 
     def upstreamReadClosed(self) -> None:
         self._dockerReadDone = True
         self._firstToClose = self._firstToClose or "docker"
-        if not self._piping or self._refusal is not None:
+        if self._phase is not Phase.PIPE or self._refusal is not None:
             # Outside a raw stream dockerd's end of output is the end of the
             # connection: no later request could be answered.
-            self._closeDocker()
+            self._splice.closeDocker()
             return
-        self.transport.unregisterProducer()
-        self.transport.loseWriteConnection()
+        self._splice.closeClientWrite()
         if self._clientReadDone:
-            self._closeDocker()
+            self._splice.closeDocker()
 
     def upstreamClosed(self) -> None:
-        if self._finished:
+        if self._phase is Phase.CLOSED:
             return
-        self.transport.unregisterProducer()
+        self._splice.unwireClient()
         if self._refusal is not None:
-            response, self._refusal = self._refusal, None
-            self._answerAndClose(response)
+            self._refusalDue()
             return
-        self._finishRequest(
+        if self._splice.lingering:
+            # The connection's last answer is out; the linger closes it.
+            return
+        self._logOutstanding(
             "client closed" if self._clientReadDone else "docker closed"
         )
+        self._closing()
         self.transport.loseConnection()
 
     # Endings
@@ -674,77 +731,72 @@ class GateProtocol(Protocol):
         """
         The agent is stopping: close both sides, after what is on its way.
         """
-        self._discarding = True
+        self._closing()
         self._cancelTimer()
         self._firstToClose = self._firstToClose or "the agent, stopping"
-        self._finishRequest("closed by the agent, stopping")
-        self.transport.unregisterProducer()
-        self._closeDocker()
+        self._logOutstanding("closed by the agent, stopping")
+        self._splice.unwireClient()
+        self._splice.closeDocker()
         self.transport.loseConnection()
 
     def _passClientEOFIfDue(self) -> None:
-        if self._clientReadDone and not (self._waiting() or self._discarding):
+        if self._clientReadDone and self._phase is Phase.READING:
             self._passClientEOF()
-
-    def _closeDocker(self) -> None:
-        """
-        Close the dockerd connection after what was written to it; its
-        producer goes first, since a paused one would hold the close back.
-        """
-        docker = self._docker
-        if docker is not None and not docker.closed and not self._dockerClosing:
-            self._dockerClosing = True
-            docker.transport.unregisterProducer()
-            docker.transport.loseConnection()
 
     def _passClientEOF(self) -> None:
         """
         The client will send no more: tell dockerd the same way.
         """
-        docker = self._docker
-        if docker is not None and not docker.closed:
+        splice = self._splice
+        if splice.dockerOpen:
             if self._reader.started:
                 log.info(
                     "{peer}: client closed in the middle of a request head",
                     peer=self._peer,
                 )
             if self._dockerReadDone:
-                self._closeDocker()
+                splice.closeDocker()
             else:
-                docker.transport.unregisterProducer()
-                docker.transport.loseWriteConnection()
-        elif not self._connecting:
+                splice.closeDockerWrite()
+        elif not splice.connecting:
             self.transport.loseConnection()
 
     def _refuse(self, status, message, head, user, headers=()) -> None:
-        if self._finished:
+        if self._phase is Phase.CLOSED:
             return
         response = error_response(status, message, headers)
-        self._finishRequest("done")
         record = RequestRecord.of(head, user, self._clock.seconds())
         record.bytesOut = len(response)
-        self._logRequest(record, f"refused {status}: {message}")
+        record.status = status
+        self._log(record, f"refused {status}: {message}")
         self._answerLast(response)
 
     def _answerLast(self, response: bytes) -> None:
         """
-        Answer with C{response} and close, once dockerd has finished sending
-        what it was sending on this connection.
+        Answer with C{response} and close, once dockerd has finished the
+        answers it owes on this connection.
         """
-        self._finishRequest("done")
-        self._discarding = True
-        self._deciding = False
-        self._pending = b""
+        self._closing()
+        self._parked = b""
         self._cancelTimer()
-        docker = self._docker
-        if docker is None or docker.closed:
-            self._answerAndClose(response)
+        self._splice.clientPauser.clear()
+        if not self._splice.dockerOpen or not self._records:
+            # Answer first: closing dockerd's side may report it closed at
+            # once, and that must find the answer on its way.
+            self._logOutstanding("done")
+            self._splice.answerLast(response, self._clientReadDone)
+            self._splice.closeDocker()
         else:
-            # An earlier response may still be on its way: let dockerd finish
-            # it, then answer.
+            # Earlier answers are still on their way: let dockerd finish
+            # them (it ends a stream when its input ends), then answer.
             self._refusal = response
-            docker.transport.unregisterProducer()
-            docker.transport.loseWriteConnection()
+            self._splice.closeDockerWrite()
+
+    def _refusalDue(self) -> None:
+        response, self._refusal = self._refusal, None
+        self._logOutstanding("docker closed")
+        self._splice.answerLast(response, self._clientReadDone)
+        self._splice.closeDocker()
 
     def _malformedBody(self, message: str) -> None:
         log.info(
@@ -753,27 +805,9 @@ class GateProtocol(Protocol):
             peer=self._peer,
             problem=message,
         )
-        self._discarding = True
-        self._docker.transport.unregisterProducer()
-        self._docker.transport.loseWriteConnection()
-
-    def _answerAndClose(self, response: bytes) -> None:
-        """
-        Send C{response}, then close without losing it: half-close and drain
-        what the client still sends for a moment, so unread input does not
-        make the kernel reset the connection before the answer is read.
-        """
-        self._discarding = True
-        self._lingering = True
-        self.transport.write(response)
-        self.transport.loseWriteConnection()
-        self._clientPauser.clear()
-        if self._clientReadDone:
-            self.transport.loseConnection()
-        else:
-            self._timer = self._clock.callLater(
-                self._factory.lingerTimeout, self.transport.loseConnection
-            )
+        self._enter(Phase.CLOSING)
+        self._body = None
+        self._splice.closeDockerWrite()
 
     def _unexpected(self, failure) -> None:
         log.failure("unexpected error in the gate for {peer}", failure, peer=self._peer)
@@ -800,52 +834,37 @@ class GateProtocol(Protocol):
                 peer=self._peer,
                 seconds=self._factory.firstHeadTimeout,
             )
-            self._discarding = True
+            self._enter(Phase.CLOSING)
             self.transport.loseConnection()
 
     # Bookkeeping
 
     def _toDocker(self, data: bytes) -> None:
-        if self._request is not None:
-            self._request.bytesIn += len(data)
-        write_now(self._docker.transport, data)
+        if self._sending is not None:
+            self._sending.bytesIn += len(data)
+        self._splice.toDocker(data)
 
-    def _finishRequest(self, outcome: str) -> None:
-        record, self._request = self._request, None
-        if record is not None:
+    def _logAnswered(self, record: RequestRecord) -> None:
+        if record is self._sending:
+            self._sending = None
+        self._log(record, "done")
+
+    def _logOutstanding(self, outcome: str) -> None:
+        """
+        Log the requests still without a complete answer, as C{outcome}.
+        """
+        records, self._records = self._records, deque()
+        sending, self._sending = self._sending, None
+        if sending is not None and sending.answered and not sending.sent:
+            # Answered before its body was all sent: still to be logged.
+            records.appendleft(sending)
+        for record in records:
             if record.hijacked:
-                outcome = f"stream closed, first by {self._firstToClose or outcome}"
-            self._logRequest(record, outcome)
+                self._log(
+                    record, f"stream closed, first by {self._firstToClose or outcome}"
+                )
+            else:
+                self._log(record, outcome)
 
-    def _logRequest(self, record: RequestRecord, outcome: str, emit=None) -> None:
-        """
-        The access log: one event per request, with the record's fields.
-
-        The message is formatted here with one f-string and handed over as
-        the private field C{_text} (which the JSON log leaves out, as it does
-        every C{_} field): twisted.logger's own formatting of a format string
-        with a dozen fields, which each observer would do again, cost more
-        than the rest of the request. The text is the same as formatting
-        C{ACCESS_LOG_FORMAT} with the fields would give.
-        """
-        user = record.user or "-"
-        duration = self._clock.seconds() - record.started
-        (emit or log.info)(
-            "{_text}",
-            _text=(
-                f"{self._peer} {user} {record.method} {record.path}: {outcome}; "
-                f"{record.bytesIn} bytes in, {record.bytesOut} bytes out, "
-                f"{duration:.3f} s"
-            ),
-            peer=self._peer,
-            user=user,
-            auth=record.auth,
-            certificate=record.certificate,
-            method=record.method,
-            path=record.path,
-            outcome=outcome,
-            bytesIn=record.bytesIn,
-            bytesOut=record.bytesOut,
-            duration=duration,
-            hijacked=record.hijacked,
-        )
+    def _log(self, record: RequestRecord, outcome: str, emit=None) -> None:
+        log_request(self._peer, record, outcome, self._clock.seconds(), emit)

@@ -24,7 +24,6 @@ from attrs import frozen
 
 MAX_HEAD_BYTES = 64 * 1024
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/1\.[01]\Z")
 _BAD_TARGET_BYTE = re.compile(rb"[\x00-\x20\x7f]")
@@ -130,6 +129,22 @@ class RequestHead:
         if self.method != b"POST":
             return False
         return any(pattern.match(self.apiPath) for pattern in _HIJACK_PATHS)
+
+
+def head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """
+    Where the head in C{data[start:]} ends (after its empty line), or -1.
+
+    The head ends at the first line feed followed by an empty line, CRLF
+    or bare LF alike: what the regular expression C{\\r?\\n\\r?\\n} finds,
+    from two C{find}s, which scan in C many times faster than the regular
+    expression engine tries each position.
+    """
+    bare = data.find(b"\n\n", start)
+    crlf = data.find(b"\n\r\n", start)
+    if crlf >= 0 and (bare < 0 or crlf < bare):
+        return crlf + 3
+    return bare + 2 if bare >= 0 else -1
 
 
 def normalize_path(path: bytes) -> bytes:
@@ -240,9 +255,8 @@ class HeadReader:
             # The usual case: a whole head in one read. Look for its end in
             # C{data} itself rather than copying it into the buffer and out.
             data = data.lstrip(b"\r\n")
-            end = _HEAD_END.search(data)
-            if end is not None:
-                stop = end.end()
+            stop = head_end(data)
+            if stop >= 0:
                 if stop > self._limit:
                     buffer += data  # as the general path leaves it
                     raise HeadError(431, "request head larger than 64 KiB")
@@ -253,15 +267,15 @@ class HeadReader:
             return None, b""
         searchFrom = max(0, len(buffer) - 3)
         buffer += data
-        end = _HEAD_END.search(buffer, searchFrom)
-        if end is None:
+        stop = head_end(buffer, searchFrom)
+        if stop < 0:
             if len(buffer) > self._limit:
                 raise HeadError(431, "request head larger than 64 KiB")
             return None, b""
-        if end.end() > self._limit:
+        if stop > self._limit:
             raise HeadError(431, "request head larger than 64 KiB")
         self._buffer = bytearray()
-        return parse_head(bytes(buffer[: end.end()])), bytes(buffer[end.end() :])
+        return parse_head(bytes(buffer[:stop])), bytes(buffer[stop:])
 
 
 _RAW_STREAM = b"application/vnd.docker."
@@ -291,11 +305,11 @@ class HijackAnswer:
         """
         self._buffer += data
         while True:
-            end = _HEAD_END.search(self._buffer)
-            if end is None:
+            stop = head_end(self._buffer)
+            if stop < 0:
                 return None if len(self._buffer) <= self._limit else False
-            head = bytes(self._buffer[: end.end()])
-            del self._buffer[: end.end()]
+            head = bytes(self._buffer[:stop])
+            del self._buffer[:stop]
             lines = head.split(b"\n")
             status = lines[0].split(b" ", 2)
             code = status[1] if len(status) > 1 else b""

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.proxy.test_splice -*-
 """
-The dockerd side of a proxied connection, and the flow control between sides.
+The splice: the two connections of one proxied client connection, the flow
+control between them and how each side is closed.
 
 Like `twisted.protocols.portforward`, each transport is registered as the
 other's streaming producer so a slow reader on one side stops reads on the
@@ -10,16 +11,34 @@ pause/resume is not counted, so both reasons go through `PauseReasons`. The
 membranes also swallow the `stopProducing` a transport sends its producer when
 it dies: closing the other side is the proxy's decision, made with a flush and
 a proper half-close, not a side effect.
+
+`Splice` holds those decisions: half-close each way (a client that stops
+sending is passed on to dockerd as the same half-close, and dockerd's end of
+a raw stream to the client), and the last answer of a connection (a refusal,
+a timeout) written, then the client's write side closed while what it still
+sends is drained for a moment, so unread input does not make the kernel
+reset the connection before the answer is read. The gate decides when; the
+splice knows how.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
+
+from haven_agent._twisted.eager_write import write_now
 
 
 class UpstreamListener(TypingProtocol):
@@ -107,6 +126,123 @@ class DockerConnection(Protocol):
     def connectionLost(self, reason=None) -> None:
         self.closed = True
         self._listener.upstreamClosed()
+
+
+class Splice:
+    """
+    A client transport and, once connected, its dockerd connection.
+
+    @ivar clientPauser: the client's reads, paused for any reason that stands.
+    @ivar docker: the dockerd connection, once connected.
+    """
+
+    def __init__(self, client: Any, clock: IReactorTime, lingerTimeout: float) -> None:
+        self.client = client
+        self.clientPauser = PauseReasons(client)
+        self.docker: DockerConnection | None = None
+        self.connecting = False
+        self.lingering = False
+        self._clock = clock
+        self._lingerTimeout = lingerTimeout
+        self._dockerClosing = False
+        self._clientWired = False
+        self._linger: IDelayedCall | None = None
+
+    @property
+    def dockerOpen(self) -> bool:
+        return self.docker is not None and not self.docker.closed
+
+    def connect(
+        self,
+        connectDocker: Callable[[Protocol], Deferred[Any]],
+        listener: UpstreamListener,
+    ) -> Deferred[DockerConnection]:
+        """
+        Connect to dockerd; fires with the connection once it is wired.
+        """
+        docker = DockerConnection(listener)
+        self.connecting = True
+
+        def connected(_: object) -> DockerConnection:
+            self.connecting = False
+            return docker
+
+        def failed(failure):
+            self.connecting = False
+            return failure
+
+        return connectDocker(docker).addCallbacks(connected, failed)
+
+    def wire(self, docker: DockerConnection) -> None:
+        """
+        Each side is the other's streaming producer from now on.
+        """
+        self.docker = docker
+        self.client.registerProducer(docker.pauser, True)
+        self._clientWired = True
+        docker.transport.registerProducer(self.clientPauser, True)
+
+    def unwireClient(self) -> None:
+        """
+        dockerd's side no longer produces into the client (once only).
+        """
+        if self._clientWired:
+            self._clientWired = False
+            self.client.unregisterProducer()
+
+    def toDocker(self, data: bytes) -> None:
+        write_now(self.docker.transport, data)  # type: ignore[union-attr]
+
+    def closeDockerWrite(self) -> None:
+        """
+        Half-close towards dockerd: it has all it will get, and may finish.
+        """
+        docker = self.docker
+        if docker is not None and not docker.closed:
+            docker.transport.unregisterProducer()
+            docker.transport.loseWriteConnection()
+
+    def closeDocker(self) -> None:
+        """
+        Close the dockerd connection after what was written to it; its
+        producer goes first, since a paused one would hold the close back.
+        """
+        docker = self.docker
+        if docker is not None and not docker.closed and not self._dockerClosing:
+            self._dockerClosing = True
+            docker.transport.unregisterProducer()
+            docker.transport.loseConnection()
+
+    def closeClientWrite(self) -> None:
+        """
+        dockerd ended a raw stream: end the client's side the same way.
+        """
+        self.unwireClient()
+        self.client.loseWriteConnection()
+
+    def answerLast(self, response: bytes, clientReadDone: bool) -> None:
+        """
+        Send C{response}, then close without losing it: half-close and
+        drain what the client still sends for a moment.
+        """
+        self.lingering = True
+        # dockerd's side produces into the client no more; a producer still
+        # registered would hold the TLS close back.
+        self.unwireClient()
+        self.client.write(response)
+        self.client.loseWriteConnection()
+        self.clientPauser.clear()
+        if clientReadDone:
+            self.client.loseConnection()
+        else:
+            self._linger = self._clock.callLater(
+                self._lingerTimeout, self.client.loseConnection
+            )
+
+    def cancelLinger(self) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
 
 
 def tune_socket(transport) -> None:

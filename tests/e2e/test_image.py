@@ -759,9 +759,8 @@ class AgentContainerTests(SynchronousTestCase):
         done = re.compile(
             r"\[haven_agent\.requests#info\] \S+ admin GET /_ping\?ok="
             + token
-            # "client closed": http.client closes after the answer; the agent
-            # does not parse answers, so it cannot call the request done.
-            + r": (done|client closed); \d+ bytes in, \d+ bytes out, [\d.]+ s"
+            + r": 200 done; \d+ bytes in, \d+ bytes out, "
+            + r"[\d.]+ s to first byte, [\d.]+ s"
         )
         refused = re.compile(
             r"\[haven_agent\.requests#info\] \S+ - GET /version\?bad="

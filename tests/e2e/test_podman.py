@@ -40,15 +40,15 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.e2e_agent import AgentProcess, AgentStartError
-from tests.fake_master import FakeMaster, listen
-from tests.realpodman import IMAGE, PODMAN_IMAGE, PodmanUnavailable, shared_podman
 from tests.e2e.test_real_dockerd import (
     AGENT_LOG_PROBLEMS,
     E2ETestCase,
     _LineReader,
     _tail,
 )
+from tests.e2e_agent import AgentProcess, AgentStartError
+from tests.fake_master import FakeMaster, listen
+from tests.realpodman import IMAGE, PODMAN_IMAGE, PodmanUnavailable, shared_podman
 
 #: `docker run` arguments before the command: the test image, no network
 #: (podman's containers get none here).

@@ -26,8 +26,8 @@ import ssl
 import threading
 import time
 
-from tests.realdockerd import IMAGE
 from tests.e2e.test_hardening import TIMEOUT, HardeningCase, _http_body
+from tests.realdockerd import IMAGE
 
 VIEWER, VIEWER_PASSWORD = "viewer", "look"
 

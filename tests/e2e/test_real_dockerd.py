@@ -19,6 +19,8 @@ import os
 import queue
 import re
 import secrets
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -732,6 +734,42 @@ class CurlTests(E2ETestCase):
         )
         self.assertEqual(first, ["200", "401"], proc.stdout)
         self.assertEqual(second, ["1", "0"], "the second request reused the connection")
+
+    def test_pipelined_upgrade_answered_plainly_keeps_gating(self) -> None:
+        """
+        In one TLS write: a ping with credentials, a ping asking for an
+        upgrade (with credentials), then a volume create with none. dockerd
+        answers both pings 200 (nothing is hijacked), so the create is gated
+        and refused 401; dockerd's own socket shows no such volume.
+        """
+        volume = self.unique("volume")
+        self.addCleanup(self.direct, "volume", "rm", "-f", volume, check=False)
+        auth = self.agent.authorization().encode()
+        ping = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nAuthorization: " + auth
+        body = json.dumps({"Name": volume}).encode()
+        data = (
+            ping
+            + b"\r\n\r\n"
+            + ping
+            + b"\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            + b"POST /volumes/create HTTP/1.1\r\nHost: docker\r\n"
+            + b"Content-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        ctx = ssl.create_default_context(cafile=self.agent.ca_path)
+        raw = socket.create_connection(("127.0.0.1", self.agent.port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(data)
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+        self.assertEqual(statuses, [b"200", b"200", b"401"], answers[-600:])
+        status, listed = self.dockerd.api_request("GET", "/volumes")
+        self.assertEqual(status, 200)
+        names = [v["Name"] for v in json.loads(listed)["Volumes"] or []]
+        self.assertNotIn(volume, names, "the create without credentials ran")
 
     def test_wrong_password(self) -> None:
         self._assert_unauthorized(password="not-" + self.agent.password)

@@ -38,13 +38,20 @@ class HalfCloseTransport(StringTransport):
 
 class GateHarness:
     def __init__(
-        self, testCase, runInThread=None, connect="later", factory=None, **options
+        self,
+        testCase,
+        runInThread=None,
+        connect="later",
+        factory=None,
+        checker=None,
+        clock=None,
+        **options,
     ) -> None:
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.connects: list[tuple[object, Deferred]] = []
         self.connectMode = connect
         if factory is None:
-            checker = BasicAuthChecker(
+            checker = checker or BasicAuthChecker(
                 "admin",
                 "pw",
                 runInThread or (lambda f, *a: succeed(f(*a))),
@@ -257,7 +264,7 @@ class HijackTests(SynchronousTestCase):
         for answer in [
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 29\r\n\r\n{"message":"No such exec"}\n',
+            b'Content-Length: 27\r\n\r\n{"message":"No such exec"}\n',
         ]:
             h = GateHarness(self)
             head = (
@@ -267,16 +274,18 @@ class HijackTests(SynchronousTestCase):
             )
             h.send(head + get(b"/containers/json", auth=BAD_AUTH))
             docker = h.acceptDocker()
+            self.assertEqual(docker.value(), head, "held until the answer's head")
             h.docker.dataReceived(answer)
             self.assertEqual(docker.value(), head, "the unauthorised request is held")
-            self.assertTrue(h.dockerTransport.writeClosed)
-            h.dockerCloses()
+            # dockerd owes no more answers: the refusal comes at once.
+            self.assertTrue(h.dockerTransport.disconnecting)
             self.assertIn(b"HTTP/1.1 401 Unauthorized", h.client.value())
 
-    def test_pipelinedHijackTakenAsGiven(self) -> None:
+    def test_pipelinedHijackWaitsForItsOwnAnswer(self) -> None:
         """
         Behind a request whose answer has not begun, the next answer head is
-        not the attach's own: the attach is taken as a hijack at once.
+        not the attach's own: what follows the attach waits until the
+        earlier answer has ended and the attach's own has said "hijacked".
         """
         h = GateHarness(self)
         attach = (
@@ -284,7 +293,32 @@ class HijackTests(SynchronousTestCase):
         )
         h.send(get(b"/_ping") + attach + b"early")
         docker = h.acceptDocker()
+        self.assertEqual(docker.value(), get(b"/_ping") + attach)
+        h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        self.assertEqual(docker.value(), get(b"/_ping") + attach, "still held")
+        h.docker.dataReceived(UPGRADED)
         self.assertEqual(docker.value(), get(b"/_ping") + attach + b"early")
+
+    def test_pipelinedUpgradeAnsweredPlainlyKeepsGating(self) -> None:
+        """
+        The three requests of one write: a ping, a ping asking for an
+        upgrade, a request without credentials. dockerd answers both pings
+        200: nothing was hijacked, so the third passes the gate, and is
+        refused without reaching dockerd.
+        """
+        h = GateHarness(self)
+        upgrade = get(b"/_ping", extra=b"Connection: Upgrade\r\nUpgrade: tcp\r\n")
+        create = (
+            b"POST /volumes/create HTTP/1.1\r\nHost: docker\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        h.send(get(b"/_ping") + upgrade + create)
+        docker = h.acceptDocker()
+        pong = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+        h.docker.dataReceived(pong + pong)
+        self.assertEqual(docker.value(), get(b"/_ping") + upgrade)
+        self.assertEqual(h.client.value()[: 2 * len(pong)], pong + pong)
+        self.assertIn(b"HTTP/1.1 401 Unauthorized", h.client.value())
 
     def test_hijackAfterAnsweredRequestIsWatched(self) -> None:
         h = GateHarness(self)
@@ -533,9 +567,11 @@ class SlowCheckTests(SynchronousTestCase):
 
         import bcrypt
 
-        h = GateHarness(self)
-        h.factory.checker = BasicAuthChecker(
-            "admin", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode(), later
+        h = GateHarness(
+            self,
+            checker=BasicAuthChecker(
+                "admin", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode(), later
+            ),
         )
         h.send(get(b"/a"))
         self.assertEqual(h.client.producerState, "paused")
@@ -553,11 +589,15 @@ class LogTests(SynchronousTestCase):
         with capturedLogs() as events:
             h.send(get(b"/_ping"))
             h.acceptDocker()
-            h.docker.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nOK")
             h.clock.advance(2)
+            h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+            h.clock.advance(1)
+            h.docker.dataReceived(b"\r\nOK")
             h.send(get(b"/version"))
+            h.docker.dataReceived(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+            )
             h.send(get(b"/nope", auth=BAD_AUTH))
-            h.dockerCloses()
         requests = [e for e in events if "method" in e]
         self.assertEqual(
             [(e["method"], e["path"], e["outcome"][:10]) for e in requests],
@@ -570,8 +610,17 @@ class LogTests(SynchronousTestCase):
         first = requests[0]
         self.assertEqual(first["user"], "admin")
         self.assertEqual(first["bytesIn"], len(get(b"/_ping")))
-        self.assertEqual(first["bytesOut"], len(b"HTTP/1.1 200 OK\r\n\r\nOK"))
-        self.assertEqual(first["duration"], 2)
+        self.assertEqual(
+            first["bytesOut"], len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        )
+        self.assertEqual(first["status"], 200)
+        self.assertEqual(first["firstByte"], 2)
+        self.assertEqual(first["duration"], 3)
+        self.assertIn(": 200 done; ", formatEvent(first))
+        self.assertIn(" 2.000 s to first byte, 3.000 s", formatEvent(first))
+        self.assertEqual(requests[1]["status"], 404)
+        self.assertEqual(requests[2]["status"], 401)
+        self.assertIsNone(requests[2]["firstByte"])
         self.assertEqual(requests[2]["user"], "-")
         for event in events:
             for value in event.values():
@@ -674,8 +723,8 @@ class ThrottleTests(SynchronousTestCase):
     def setUp(self) -> None:
         from haven_agent.proxy.throttle import FailureThrottle
 
-        self.h = GateHarness(self)
-        self.h.factory.throttle = FailureThrottle(self.h.clock)
+        clock = Clock()
+        self.h = GateHarness(self, clock=clock, throttle=FailureThrottle(clock))
 
     def test_repeatedFailuresDelayed(self) -> None:
         self.h.send(get(auth=BAD_AUTH))

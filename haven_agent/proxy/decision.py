@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.proxy.test_decision -*-
+"""
+The access decision: may this request head pass, and as whom?
+
+One pure object answers it for every request, from the head and who is on
+the other end of the connection (its address, its client certificate's
+name), and nothing else: no transport, no reactor. The authentication modes
+are written here once (password, client certificate, or both), then the
+rules of the account that authenticated (the read-only account's route
+list) are applied in order. A verdict is an `Allow` (who, how), a `Refuse`
+(status, message, headers, and how long to wait before answering, from the
+failure throttle) or `HEALTH` (the agent answers itself).
+
+Most verdicts are known at once: a plain password, a remembered bcrypt
+verdict, a certificate. `verdictNow` gives those without a Deferred and
+says `NOT_KNOWN_YET` when bcrypt must run in a thread first, which
+`verdict` does. A later rule set (per-credential policy) is one more
+`Rule` in the list each account's verdict passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from attrs import evolve, frozen
+from twisted.internet.defer import Deferred, succeed
+
+from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker, NotKnownYet
+from haven_agent.proxy.health import HEALTH_PATH
+from haven_agent.proxy.http_head import RequestHead
+from haven_agent.proxy.log_safe import printable_bytes
+from haven_agent.proxy.read_only import read_only_refusal
+from haven_agent.proxy.throttle import FailureThrottle
+
+AUTH_MODES = ("password", "cert", "both")
+#: How each mode authenticates, as the access log's `auth` field says it.
+AUTH_METHODS = {"password": "password", "cert": "cert", "both": "cert+password"}
+AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
+READ_METHODS = (b"GET", b"HEAD")
+
+
+@frozen
+class Identity:
+    """
+    Who is on the other end of a connection, before any request: the
+    client's host (for the throttle) and its certificate's name, if any.
+    """
+
+    host: str
+    certificate: str | None = None
+
+
+@frozen
+class Allow:
+    """
+    Let the request through to dockerd, as C{user}, authenticated by C{auth}.
+    """
+
+    user: str
+    auth: str
+    readOnly: bool = False
+
+
+@frozen
+class Refuse:
+    """
+    Answer C{status} with C{message} instead, after C{delay} seconds;
+    C{user} is who was refused, when they authenticated.
+    """
+
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+    delay: float = 0.0
+    user: str | None = None
+
+
+@frozen
+class AnswerHealth:
+    """
+    The agent's own health check: answered by the agent, without credentials.
+    """
+
+
+HEALTH = AnswerHealth()
+
+Verdict = Allow | Refuse | AnswerHealth
+
+
+class Rule(Protocol):
+    """
+    One rule an allowed request must also pass: None to let it, or the
+    refusal.
+    """
+
+    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | None: ...
+
+
+def read_only_rule(head: RequestHead, allowed: Allow) -> Refuse | None:
+    """
+    The read-only account gets its route list and nothing else.
+    """
+    if not allowed.readOnly:
+        return None
+    refusal = read_only_refusal(head)
+    if refusal is None:
+        return None
+    return Refuse(
+        403,
+        f"user {allowed.user} is read-only: {refusal} "
+        f"({printable_bytes(head.method)} {printable_bytes(head.apiPath)})",
+        user=allowed.user,
+    )
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (read_only_rule,)
+
+
+class AccessDecision:
+    """
+    Turns (request head, identity) into a verdict.
+
+    @param throttle: counts failed authentications per host and says how
+        long to hold the next answer; None for no throttle.
+    """
+
+    def __init__(
+        self,
+        checker: BasicAuthChecker,
+        authMode: str = "password",
+        throttle: FailureThrottle | None = None,
+        rules: Sequence[Rule] = DEFAULT_RULES,
+    ) -> None:
+        if authMode not in AUTH_MODES:
+            raise ValueError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
+        self._checker = checker
+        self._mode = authMode
+        self._auth = AUTH_METHODS[authMode]
+        self._throttle = throttle
+        self._rules = tuple(rules)
+        #: The Allow of each user name seen (verdicts are immutable).
+        self._allows: dict[str, Allow] = {}
+
+    @property
+    def usesCertificates(self) -> bool:
+        """
+        Does a verdict need the client certificate's name in the identity?
+        """
+        return self._mode != "password"
+
+    def verdictNow(self, head: RequestHead, who: Identity) -> Verdict | NotKnownYet:
+        """
+        The verdict when it is known without waiting, else L{NOT_KNOWN_YET}
+        (then ask L{verdict}).
+        """
+        if head.method in READ_METHODS and head.path == HEALTH_PATH:
+            return HEALTH
+        if self._mode == "cert":
+            return self._judge(head, who, who.certificate)
+        user = self._checker.checkNow(head.first(b"authorization"))
+        if user is NOT_KNOWN_YET:
+            return NOT_KNOWN_YET
+        return self._judge(head, who, user)  # type: ignore[arg-type]
+
+    def verdict(self, head: RequestHead, who: Identity) -> Deferred[Verdict]:
+        """
+        The verdict, once known (bcrypt runs in a thread when it must).
+        """
+        known = self.verdictNow(head, who)
+        if known is not NOT_KNOWN_YET:
+            return succeed(known)  # type: ignore[arg-type]
+        checking = self._checker.check(head.first(b"authorization"))
+        checking.addCallback(lambda user: self._judge(head, who, user))
+        return checking
+
+    def _judge(self, head: RequestHead, who: Identity, user: str | None) -> Verdict:
+        """
+        The verdict for C{user} (who the password or certificate says, or
+        None), by the mode: with "both", a right password counts only over
+        a connection with a client certificate.
+        """
+        if self._mode == "both" and who.certificate is None:
+            user = None
+        if user is None:
+            return self._unauthenticated(head, who)
+        allowed = self._allows.get(user)
+        if allowed is None:
+            allowed = Allow(user, self._auth, self._checker.isReadOnly(user))
+            if len(self._allows) < 1024:
+                self._allows[user] = allowed
+        for rule in self._rules:
+            refusal = rule(head, allowed)
+            if refusal is not None:
+                return refusal if refusal.user else evolve(refusal, user=allowed.user)
+        return allowed
+
+    def _unauthenticated(self, head: RequestHead, who: Identity) -> Refuse:
+        if self._mode != "password" and who.certificate is None:
+            message = "a client certificate signed by the agent's client CA is required"
+        elif head.first(b"authorization") is None:
+            message = "authentication required: send HTTP Basic credentials"
+        else:
+            message = "wrong user name or password"
+        throttle = self._throttle
+        delay = throttle.failed(who.host) if throttle is not None else 0.0
+        return Refuse(401, message, AUTHENTICATE, max(delay, 0.0))
