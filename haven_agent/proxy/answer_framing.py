@@ -83,6 +83,11 @@ _UNSOLICITED = _Expected(False, False)
 _NO_EVENTS: tuple[AnswerEvent, ...] = ()
 
 
+#: Builds a named tuple from a tuple in C; the named tuple's own __new__ is
+#: a Python function, called several times per request.
+_new_tuple = tuple.__new__
+
+
 class _State(Enum):
     HEAD = "head"
     LENGTH = "length"
@@ -119,7 +124,7 @@ class AnswerFramer:
         A request with C{method} went to dockerd; its answer comes after
         those of the requests before it.
         """
-        self._queue.append(_Expected(method == b"HEAD", mayHijack))
+        self._queue.append(_new_tuple(_Expected, (method == b"HEAD", mayHijack)))
 
     @property
     def outstanding(self) -> int:
@@ -168,7 +173,13 @@ class AnswerFramer:
                 if not self._remaining:
                     self._ended(position, events)
             elif state is _State.HEAD:
-                position = self._readHead(data, position, events)
+                after = -1 if self._buffer else head_end(data, position)
+                if 0 <= after - position <= self._limit:
+                    # A whole head in this read (the usual case).
+                    self._answerHead(data[position:after], after, events)
+                    position = after
+                else:
+                    position = self._readHead(data, position, events)
             elif state is _State.CHUNKED:
                 try:
                     position = self._chunks.feed(data, position)  # type: ignore[union-attr]
@@ -223,7 +234,9 @@ class AnswerFramer:
         if status == 101:
             if expected.mayHijack:
                 self._state = _State.RAW
-                events.append(AnswerEvent(Event.HIJACKED, after, status))
+                events.append(
+                    _new_tuple(AnswerEvent, (Event.HIJACKED, after, status, ""))
+                )
             else:
                 self._broken(
                     after, "101 to a request that did not ask to upgrade", events
@@ -233,7 +246,7 @@ class AnswerFramer:
             # Interim (100 Continue, 102, 103): the real answer follows.
             return
         if expected.head or status in (204, 304):
-            events.append(AnswerEvent(Event.ANSWERED, after, status))
+            events.append(_new_tuple(AnswerEvent, (Event.ANSWERED, after, status, "")))
             self._ended(after, events)
             return
         if not expected.mayHijack:
@@ -245,7 +258,9 @@ class AnswerFramer:
                 if at >= 0 and lowered.find(b"\ncontent-length:", at + 16) < 0:
                     value = lowered[at + 16 : lowered.find(b"\n", at + 16)].strip()
                     if value.isdigit() and len(value) <= 18:
-                        events.append(AnswerEvent(Event.ANSWERED, after, status))
+                        events.append(
+                            _new_tuple(AnswerEvent, (Event.ANSWERED, after, status, ""))
+                        )
                         length = int(value)
                         if length:
                             self._state = _State.LENGTH
@@ -262,9 +277,9 @@ class AnswerFramer:
             and contentType.startswith(_RAW_STREAM)
         ):
             self._state = _State.RAW
-            events.append(AnswerEvent(Event.HIJACKED, after, status))
+            events.append(_new_tuple(AnswerEvent, (Event.HIJACKED, after, status, "")))
             return
-        events.append(AnswerEvent(Event.ANSWERED, after, status))
+        events.append(_new_tuple(AnswerEvent, (Event.ANSWERED, after, status, "")))
         if encodings:
             if encodings[-1].lower() == b"chunked":
                 self._state = _State.CHUNKED
@@ -285,16 +300,16 @@ class AnswerFramer:
         if self._queue:
             self._queue.popleft()
         self._state = _State.HEAD
-        events.append(AnswerEvent(Event.ENDED, offset))
+        events.append(_new_tuple(AnswerEvent, (Event.ENDED, offset, 0, "")))
 
     def _untilClose(self, offset: int, status: int, events: list) -> None:
         self._state = _State.UNTIL_CLOSE
-        events.append(AnswerEvent(Event.UNTIL_CLOSE, offset, status))
+        events.append(_new_tuple(AnswerEvent, (Event.UNTIL_CLOSE, offset, status, "")))
 
     def _broken(self, offset: int, message: str, events: list) -> None:
         self._state = _State.BROKEN
         self._buffer = b""
-        events.append(AnswerEvent(Event.UNFRAMEABLE, offset, 0, message))
+        events.append(_new_tuple(AnswerEvent, (Event.UNFRAMEABLE, offset, 0, message)))
 
 
 def _framing_fields(head: bytes) -> tuple[list[bytes], list[bytes], bytes]:

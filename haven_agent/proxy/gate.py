@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from haven_agent._twisted.eager_write import write_now
 from haven_agent.proxy.access_log import (
     RequestRecord,
     log_request,
@@ -429,7 +430,10 @@ class GateProtocol(Protocol):
         # Known at once (the usual case): no Deferred, but an error is
         # treated as the Deferred path's errback would.
         try:
-            self._apply(verdict, head)
+            if type(verdict) is Allow:
+                self._allowed(verdict, head)
+            else:
+                self._apply(verdict, head)
         except Exception:
             self._unexpected(Failure())
 
@@ -579,6 +583,26 @@ class GateProtocol(Protocol):
             if records:
                 records[0].bytesOut += len(data)
             return
+        if (
+            len(events) == 2
+            and len(records) == 1
+            and self._holdFor is None
+            and self._refusal is None
+        ):
+            # The usual keep-alive answer: one whole answer in one read.
+            answered, ended = events
+            if (
+                answered.kind is Event.ANSWERED
+                and ended.kind is Event.ENDED
+                and ended.offset == len(data)
+            ):
+                front = records.popleft()
+                front.status = answered.status
+                front.bytesOut += len(data)
+                front.answered = True
+                if front.sent:
+                    self._logAnswered(front)
+                return
         self._answerEvents(data, events)
 
     def _answerEvents(self, data: bytes, events) -> None:
@@ -842,12 +866,12 @@ class GateProtocol(Protocol):
     def _toDocker(self, data: bytes) -> None:
         if self._sending is not None:
             self._sending.bytesIn += len(data)
-        self._splice.toDocker(data)
+        write_now(self._splice.docker.transport, data)
 
     def _logAnswered(self, record: RequestRecord) -> None:
         if record is self._sending:
             self._sending = None
-        self._log(record, "done")
+        log_request(self._peer, record, "done", self._clock.seconds())
 
     def _logOutstanding(self, outcome: str) -> None:
         """
