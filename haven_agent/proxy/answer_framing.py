@@ -133,21 +133,6 @@ class AnswerFramer:
         """
         return len(self._queue)
 
-    @property
-    def framing(self) -> bool:
-        """
-        Can later answers still be told apart (no hijack, no answer that
-        runs until close, nothing unframeable)?
-        """
-        return self._state not in _FINAL
-
-    @property
-    def inHead(self) -> bool:
-        """
-        Is the front answer's head still incomplete (or not begun)?
-        """
-        return self._state is _State.HEAD
-
     def eventsIn(self, data: bytes) -> tuple[AnswerEvent, ...] | list[AnswerEvent]:
         """
         What happened to the answers in C{data}, in order; offsets index

@@ -50,7 +50,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent._twisted.eager_write import write_now
 from haven_agent.proxy.access_log import (
     RequestRecord,
     log_request,
@@ -866,7 +865,7 @@ class GateProtocol(Protocol):
     def _toDocker(self, data: bytes) -> None:
         if self._sending is not None:
             self._sending.bytesIn += len(data)
-        write_now(self._splice.docker.transport, data)
+        self._splice.toDocker(data)
 
     def _logAnswered(self, record: RequestRecord) -> None:
         if record is self._sending:
