@@ -42,6 +42,7 @@ from haven_agent.logs.level import LOG_LEVEL_NAMES, LOG_LEVELS
 from haven_agent.proxy.gate import AUTH_MODES
 from haven_agent.proxy.reuse_port import listen_addresses
 from haven_agent.reporting.node_identity import validate_node_name
+from haven_agent.thread_pools import ThreadPools
 from haven_agent.tls.certificates import CertificateError, load_client_ca
 
 #: More processes than this would only compete for the same cores.
@@ -712,14 +713,17 @@ def makeService(options: Options) -> MultiService:
         from haven_agent.logs.text import TextLogSettings
 
         TextLogSettings(options.logLevel).setServiceParent(agent)
+    # The pools hold the services that use them, so they stop after them.
+    threads = ThreadPools(reactor)
+    threads.setServiceParent(agent)
     try:
-        for service in _proxy(config, options, reactor):
-            service.setServiceParent(agent)
+        for service in _proxy(config, options, reactor, threads):
+            service.setServiceParent(threads)
     except CertificateError as e:
         raise StartupError(f"{_certificateSource(config)}: {e}") from None
     from haven_agent.reporting.service import NodeReporting
 
-    NodeReporting(options.reporterConfig, reactor).setServiceParent(agent)
+    NodeReporting(options.reporterConfig, reactor, threads).setServiceParent(threads)
     if options.logFormat == "json":
         from haven_agent.logs.json_lines import use_json_logging
 
@@ -727,15 +731,17 @@ def makeService(options: Options) -> MultiService:
     return agent
 
 
-def _proxy(config: ProxyConfig, options: Options, reactor) -> list[IService]:
+def _proxy(
+    config: ProxyConfig, options: Options, reactor, threads: ThreadPools
+) -> list[IService]:
     from haven_agent.proxy.service import build_proxy_service
 
     if config.workers == 1:
-        return [build_proxy_service(config, reactor)]
+        return [build_proxy_service(config, reactor, threads)]
     from haven_agent.workers.pool import WorkerPool
 
     proxy = build_proxy_service(
-        config, reactor, reusePort=listen_addresses(config.listen)
+        config, reactor, threads, reusePort=listen_addresses(config.listen)
     )
     # The pool is a sibling of the proxy, not its child: the workers'
     # graceful stop runs alongside this process's own.

@@ -172,14 +172,16 @@ _TEXT = b"text/plain; charset=utf-8"
 _OCTETS = b"application/octet-stream"
 _RAW_STREAM = b"application/vnd.docker.raw-stream"
 
-_UPGRADED = (
+#: dockerd's answer when it hijacks a request that asked for an upgrade.
+UPGRADED = (
     b"HTTP/1.1 101 UPGRADED\r\n"
     b"Content-Type: application/vnd.docker.raw-stream\r\n"
     b"Connection: Upgrade\r\n"
     b"Upgrade: tcp\r\n"
     b"\r\n"
 )
-_HIJACKED = (
+#: dockerd's legacy hijack answer, to a client that did not ask to upgrade.
+LEGACY_HIJACKED = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -747,7 +749,7 @@ class FakeDockerdProtocol(Protocol):
     def _hijack(self, request: FakeRequest) -> None:
         # dockerd sends 101 when the request has an Upgrade header at all.
         upgrade = bool(request.header_values(b"upgrade"))
-        self._write(_UPGRADED if upgrade else _HIJACKED)
+        self._write(UPGRADED if upgrade else LEGACY_HIJACKED)
         self._state = "raw"
         # Echo with back-pressure: the transport produces into itself, so it
         # stops reading while its write buffer is full.

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from haven_agent.healthcheck import ask, target
 from haven_agent.proxy.service import Listening, build_proxy_service
 from haven_agent.tap import Options
+from haven_agent.thread_pools import ThreadPools
 from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
 
 
@@ -39,9 +40,11 @@ class AskTests(TestCase):
                 "pw",
             ]
         )
-        service = build_proxy_service(options.config, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        threads = ThreadPools(reactor)
+        service = build_proxy_service(options.config, reactor, threads)
+        service.setServiceParent(threads)
+        threads.startService()
+        self.addCleanup(threads.stopService)
         listener = [s for w in service if isinstance(w, Listening) for s in w][0]
         # Listening on TCP is synchronous; read the port without taking the
         # result away from stopService, which needs it.

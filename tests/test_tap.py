@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from haven_agent.proxy.service import Listening
 from haven_agent.tap import Options, makeService
+from haven_agent.thread_pools import ThreadPools
 
 
 def parse(args=(), environ=None, ipv6=(False, False)) -> Options:
@@ -184,9 +185,10 @@ class MakeServiceTests(SynchronousTestCase):
         )
         service = makeService(options)
         self.assertIsInstance(service, MultiService)
+        (threads,) = [s for s in service if isinstance(s, ThreadPools)]
         listeners = [
             s
-            for proxy in service
+            for proxy in threads
             if isinstance(proxy, MultiService)
             for wrapper in proxy
             if isinstance(wrapper, Listening)
@@ -215,10 +217,12 @@ class StartupLogTests(TestCase):
                 *args,
             ]
         ).config
-        service = build_proxy_service(config, reactor)
+        threads = ThreadPools(reactor)
+        service = build_proxy_service(config, reactor, threads)
+        service.setServiceParent(threads)
         with capturedLogs() as events:
-            service.startService()
-        yield service.stopService()
+            threads.startService()
+        yield threads.stopService()
         text = "\n".join(formatEvent(event) for event in events)
         fingerprint = service._tls.current_certificate.fingerprint
         self.assertIn(fingerprint, text)
@@ -323,10 +327,13 @@ class ReporterOptionsTests(SynchronousTestCase):
         options = parse(["--state-dir", self.mktemp()])
         service = makeService(options)
         self.assertEqual(
-            [type(s).__name__ for s in service],
-            ["TextLogSettings", "ProxyService", "NodeReporting"],
+            [type(s).__name__ for s in service], ["TextLogSettings", "ThreadPools"]
         )
-        self.assertIsInstance(list(service)[2], NodeReporting)
+        threads = list(service)[1]
+        self.assertEqual(
+            [type(s).__name__ for s in threads], ["ProxyService", "NodeReporting"]
+        )
+        self.assertIsInstance(list(threads)[1], NodeReporting)
 
     def test_makeServiceWithWorkers(self) -> None:
         from haven_agent.proxy.reuse_port import ReusePortListener
@@ -342,11 +349,12 @@ class ReporterOptionsTests(SynchronousTestCase):
             ]
         )
         service = makeService(options)
+        threads = list(service)[1]
         self.assertEqual(
-            [type(s).__name__ for s in service],
-            ["TextLogSettings", "ProxyService", "WorkerPool", "NodeReporting"],
+            [type(s).__name__ for s in threads],
+            ["ProxyService", "WorkerPool", "NodeReporting"],
         )
-        proxy = list(service)[1]
+        proxy = list(threads)[0]
         self.assertEqual(
             [
                 type(s)

@@ -20,7 +20,6 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from haven_agent._twisted.docker_socket import docker_connector
@@ -32,6 +31,7 @@ from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.reuse_port import ListenAddress, ReusePortListener
 from haven_agent.proxy.throttle import FailureThrottle
 from haven_agent.startup_errors import StartupError
+from haven_agent.thread_pools import ThreadPools
 from haven_agent.tls.certificates import (
     ServerCertificate,
     load_certificate_files,
@@ -174,18 +174,22 @@ def raise_file_limit() -> None:
 
 
 def build_proxy_service(
-    config: ProxyConfig, reactor, reusePort: list[ListenAddress] | None = None
+    config: ProxyConfig,
+    reactor,
+    threads: ThreadPools,
+    reusePort: list[ListenAddress] | None = None,
 ) -> ProxyService:
     """
     The proxy, listening as C{config.listen} says, or, with C{reusePort},
     on those addresses through SO_REUSEPORT sockets that other processes
-    of the agent share.
+    of the agent share. Passwords are checked in C{threads}' CPU pool; the
+    caller makes the proxy a child of C{threads}, so that they outlive it.
     """
     tls = ReloadableServerOptions(lambda: load_tls_material(config))
     checker = BasicAuthChecker(
         config.user,
         config.password,
-        lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+        threads.defer_to_cpu,
         readOnly=(
             (config.readOnlyUser, config.readOnlyPassword)
             if config.readOnlyPassword is not None

@@ -19,7 +19,6 @@ import treq
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.ssl import Certificate
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
@@ -34,6 +33,7 @@ from haven_agent.reporting.docker_api import (
 from haven_agent.reporting.host_metrics import HostRoot, MountProber
 from haven_agent.reporting.node_identity import default_node_name
 from haven_agent.reporting.reporter import LogReporter, ReporterService
+from haven_agent.thread_pools import ThreadPools
 
 log = Logger()
 
@@ -41,12 +41,18 @@ log = Logger()
 class NodeReporting(MultiService):
     """
     Reports this node every interval, and early when containers change.
+
+    The host is read (psutil, the statvfs of each mount) in C{threads}' host
+    pool, where a probe stuck on a dead mount holds up nothing else.
     """
 
-    def __init__(self, config: ReporterConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: ReporterConfig, reactor: Any, threads: ThreadPools
+    ) -> None:
         super().__init__()
         self._config = config
         self._reactor = reactor
+        self._threads = threads
         self._docker = DockerAPI(reactor, config.docker)
         self._settling: Deferred[Any] | None = None
         self.nodeName: str | None = None
@@ -100,9 +106,7 @@ class NodeReporting(MultiService):
         config, reactor = self._config, self._reactor
         self.nodeName = name
 
-        def runInThread(f, *args):
-            return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
+        runInThread = self._threads.defer_to_host
         self.collector = NodeCollector(
             clock=reactor,
             runInThread=runInThread,

@@ -63,9 +63,13 @@ def main() -> None:
     from twisted.internet import reactor, stdio
 
     from haven_agent.proxy.service import build_proxy_service
+    from haven_agent.thread_pools import ThreadPools
 
-    service = build_proxy_service(config, reactor, reusePort=addresses)
-    service.announce = False
+    # The pools hold the proxy, so they stop after it.
+    service = ThreadPools(reactor)
+    proxy = build_proxy_service(config, reactor, service, reusePort=addresses)
+    proxy.announce = False
+    proxy.setServiceParent(service)
     service.privilegedStartService()
     # stdin is the lifeline; its "stdout" is a descriptor of its own, since
     # StandardIO makes it non-blocking and the log writes to the real one.

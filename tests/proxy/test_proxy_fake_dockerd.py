@@ -44,6 +44,7 @@ from haven_agent.config import ProxyConfig
 from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.service import build_proxy_service
+from haven_agent.thread_pools import ThreadPools
 from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
 from tests.fake_dockerd import (
     FakeDockerdFactory,
@@ -1430,9 +1431,11 @@ class BuiltServiceTests(ProxyTestCase):
             stateDir=stateDir,
             serverNames=(),
         )
-        service = build_proxy_service(config, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        threads = ThreadPools(reactor)
+        service = build_proxy_service(config, reactor, threads)
+        service.setServiceParent(threads)
+        threads.startService()
+        self.addCleanup(threads.stopService)
         caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
         client = yield self.connect(port, caFile=caFile)
         data = request(b"GET", b"/_ping") * 2 + request(

@@ -20,6 +20,7 @@ from haven_agent.reporting.collector import NodeCollector
 from haven_agent.reporting.docker_api import DockerUnavailable
 from haven_agent.reporting.host_metrics import HostRoot, MountProber
 from haven_agent.reporting.service import NodeReporting
+from haven_agent.thread_pools import ThreadPools
 from tests.fake_docker_api import FakeDockerAPI, serve_fake_docker_api
 from tests.fake_master import FakeMaster, listen
 
@@ -167,9 +168,11 @@ class ReportingTests(TestCase):
         return ReporterConfig(**values)
 
     def start(self, config) -> NodeReporting:
-        service = NodeReporting(config, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        threads = ThreadPools(reactor)
+        service = NodeReporting(config, reactor, threads)
+        service.setServiceParent(threads)
+        threads.startService()
+        self.addCleanup(threads.stopService)
         return service
 
     @inlineCallbacks
