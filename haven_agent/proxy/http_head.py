@@ -122,7 +122,7 @@ class RequestHead:
         Any C{Upgrade} request may (tcp for attach/exec, h2c for BuildKit
         sessions, websocket for the attach/ws terminal), and so may attach
         and exec start without one: older clients get a C{200} raw stream.
-        Whether it did is told by the answer (L{HijackAnswer}).
+        Whether it did is told by the answer (see `answer_framing`).
         """
         if self.first(b"upgrade") is not None:
             return True
@@ -277,55 +277,3 @@ class HeadReader:
             raise HeadError(431, "request head larger than 64 KiB")
         self._buffer = bytearray()
         return parse_head(bytes(buffer[:stop])), bytes(buffer[stop:])
-
-
-_RAW_STREAM = b"application/vnd.docker."
-
-
-class HijackAnswer:
-    """
-    Watches the start of dockerd's answer to a request that may hijack, to
-    learn whether it did.
-
-    Attach and exec start hijack only sometimes: a detached exec start, or a
-    404 for a missing container, is an ordinary answer on a connection that
-    stays in HTTP, and the requests after it must pass the gate again. dockerd
-    hijacks with C{101} (the client asked for an upgrade) or, for clients that
-    did not, a C{200} raw stream without framing. Only that first answer head
-    is looked at, interim C{1xx} answers skipped; the bytes pass on untouched.
-    """
-
-    def __init__(self, limit: int = MAX_HEAD_BYTES) -> None:
-        self._limit = limit
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> bool | None:
-        """
-        True once the answer is a hijack, False once it is not, None while
-        its head is incomplete.
-        """
-        self._buffer += data
-        while True:
-            stop = head_end(self._buffer)
-            if stop < 0:
-                return None if len(self._buffer) <= self._limit else False
-            head = bytes(self._buffer[:stop])
-            del self._buffer[:stop]
-            lines = head.split(b"\n")
-            status = lines[0].split(b" ", 2)
-            code = status[1] if len(status) > 1 else b""
-            if code == b"101":
-                return True
-            if len(code) == 3 and code.startswith(b"1"):
-                continue
-            if code != b"200":
-                return False
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            return (
-                headers.get(b"content-type", b"").startswith(_RAW_STREAM)
-                and b"content-length" not in headers
-                and b"transfer-encoding" not in headers
-            )

@@ -1,6 +1,6 @@
 """
 Tests for L{haven_agent.proxy.http_head}: bounded head reading, strict parsing,
-body framing and hijack detection.
+body framing and which requests may hijack.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -10,7 +10,6 @@ from haven_agent.proxy.http_head import (
     Framing,
     HeadError,
     HeadReader,
-    HijackAnswer,
     parse_head,
 )
 
@@ -196,44 +195,3 @@ class HijackTests(SynchronousTestCase):
             b"POST /exec//start HTTP/1.1",
         ]:
             self.assertFalse(self.hijacks(line), line)
-
-
-class HijackAnswerTests(SynchronousTestCase):
-    def verdict(self, *pieces: bytes):
-        answer = HijackAnswer()
-        results = [answer.feed(piece) for piece in pieces]
-        return results
-
-    def test_upgraded(self) -> None:
-        self.assertEqual(
-            self.verdict(b"HTTP/1.1 101 UPGRADED\r\n", b"Upgrade: tcp\r\n\r\nraw"),
-            [None, True],
-        )
-
-    def test_legacyRawStream(self) -> None:
-        for kind in [b"raw-stream", b"multiplexed-stream"]:
-            answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker." + kind
-            self.assertEqual(self.verdict(answer + b"\r\n\r\n"), [True])
-
-    def test_interimSkipped(self) -> None:
-        self.assertEqual(
-            self.verdict(b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 101 X\r\n\r\n"),
-            [None, True],
-        )
-
-    def test_ordinaryAnswers(self) -> None:
-        for answer in [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
-            b"Content-Length: 3\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n",
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}",
-            b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"garbage\r\n\r\n",
-        ]:
-            self.assertEqual(self.verdict(answer), [False], answer)
-
-    def test_hugeHeadIsNoHijack(self) -> None:
-        self.assertEqual(
-            self.verdict(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD_BYTES), [False]
-        )
