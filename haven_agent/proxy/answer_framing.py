@@ -180,6 +180,37 @@ class AnswerFramer:
                 break
         return events
 
+    def statusOfWhole(self, data: bytes) -> int:
+        """
+        The status of the answer that C{data} is, when it is exactly one
+        whole ordinary answer (a head with one Content-Length, and that
+        body) to the only request outstanding, which is then done; else 0,
+        and nothing has changed: ask L{eventsIn}.
+
+        The keep-alive request's usual answer, found without building an
+        event for it.
+        """
+        queue = self._queue
+        if self._state is not _State.HEAD or self._buffer or len(queue) != 1:
+            return 0
+        expected = queue[0]
+        if expected.head or expected.mayHijack:
+            return 0
+        after = head_end(data)
+        if after < 0 or after > self._limit:
+            return 0
+        line = _STATUS_LINE.match(data, 0, after)
+        if line is None:
+            return 0
+        status = int(line.group(1))
+        if status < 200 or status == 204 or status == 304:
+            return 0
+        length = _plain_length(data[:after])
+        if length < 0 or after + length != len(data):
+            return 0
+        queue.popleft()
+        return status
+
     def _readHead(self, data: bytes, position: int, events: list) -> int:
         if self._buffer:
             start = len(self._buffer)
@@ -235,24 +266,17 @@ class AnswerFramer:
             self._ended(after, events)
             return
         if not expected.mayHijack:
-            # The usual answer: one Content-Length and no Transfer-Encoding,
-            # found without building lists of every field.
-            lowered = head.lower()
-            if b"\ntransfer-encoding:" not in lowered:
-                at = lowered.find(b"\ncontent-length:")
-                if at >= 0 and lowered.find(b"\ncontent-length:", at + 16) < 0:
-                    value = lowered[at + 16 : lowered.find(b"\n", at + 16)].strip()
-                    if value.isdigit() and len(value) <= 18:
-                        events.append(
-                            _new_tuple(AnswerEvent, (Event.ANSWERED, after, status, ""))
-                        )
-                        length = int(value)
-                        if length:
-                            self._state = _State.LENGTH
-                            self._remaining = length
-                        else:
-                            self._ended(after, events)
-                        return
+            length = _plain_length(head)
+            if length >= 0:
+                events.append(
+                    _new_tuple(AnswerEvent, (Event.ANSWERED, after, status, ""))
+                )
+                if length:
+                    self._state = _State.LENGTH
+                    self._remaining = length
+                else:
+                    self._ended(after, events)
+                return
         encodings, lengths, contentType = _framing_fields(head)
         if (
             expected.mayHijack
@@ -295,6 +319,24 @@ class AnswerFramer:
         self._state = _State.BROKEN
         self._buffer = b""
         events.append(_new_tuple(AnswerEvent, (Event.UNFRAMEABLE, offset, 0, message)))
+
+
+def _plain_length(head: bytes) -> int:
+    """
+    The body length of an answer head with one Content-Length and no
+    Transfer-Encoding (the usual answer), or -1 for any other head: found
+    with C{find}, without building lists of every field.
+    """
+    lowered = head.lower()
+    if b"\ntransfer-encoding:" in lowered:
+        return -1
+    at = lowered.find(b"\ncontent-length:")
+    if at < 0 or lowered.find(b"\ncontent-length:", at + 16) >= 0:
+        return -1
+    value = lowered[at + 16 : lowered.find(b"\n", at + 16)].strip()
+    if not value.isdigit() or len(value) > 18:
+        return -1
+    return int(value)
 
 
 def _framing_fields(head: bytes) -> tuple[list[bytes], list[bytes], bytes]:

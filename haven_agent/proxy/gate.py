@@ -429,10 +429,7 @@ class GateProtocol(Protocol):
         # Known at once (the usual case): no Deferred, but an error is
         # treated as the Deferred path's errback would.
         try:
-            if type(verdict) is Allow:
-                self._allowed(verdict, head)
-            else:
-                self._apply(verdict, head)
+            self._apply(verdict, head)
         except Exception:
             self._unexpected(Failure())
 
@@ -444,13 +441,20 @@ class GateProtocol(Protocol):
             # Allowed and forwarded at once (dockerd already connected).
             self._continue()
 
-    def _apply(self, verdict, head: RequestHead) -> None:
-        if isinstance(verdict, Allow):
-            self._allowed(verdict, head)
-        elif isinstance(verdict, Refuse):
-            self._refused(verdict, head)
-        elif isinstance(verdict, AnswerHealth):
+    def _apply(self, verdict: Allow | Refuse | AnswerHealth, head: RequestHead) -> None:
+        """
+        Act on C{head}'s verdict, known at once or later: the one place
+        each kind of verdict is acted on.
+        """
+        kind = type(verdict)
+        if kind is Allow:
+            self._allowed(verdict, head)  # type: ignore[arg-type]
+        elif kind is Refuse:
+            self._refused(verdict, head)  # type: ignore[arg-type]
+        elif kind is AnswerHealth:
             self._answerHealth(head)
+        else:
+            raise TypeError(f"not a verdict: {verdict!r}")
 
     def _allowed(self, allowed: Allow, head: RequestHead) -> None:
         if self._user is None:
@@ -575,33 +579,26 @@ class GateProtocol(Protocol):
             self._answerArrived()
         self.transport.write(data)
         records = self._records
-        if records and records[0].firstByte is None:
-            records[0].firstByte = self._clock.seconds()
+        if records:
+            front = records[0]
+            if front.firstByte is None:
+                front.firstByte = self._clock.seconds()
+            if len(records) == 1 and self._refusal is None:
+                # The usual keep-alive answer: one whole answer in one read.
+                status = self._answers.statusOfWhole(data)
+                if status:
+                    records.popleft()
+                    front.status = status
+                    front.bytesOut += len(data)
+                    front.answered = True
+                    if front.sent:
+                        self._logAnswered(front)
+                    return
         events = self._answers.eventsIn(data)
         if not events:
             if records:
                 records[0].bytesOut += len(data)
             return
-        if (
-            len(events) == 2
-            and len(records) == 1
-            and self._holdFor is None
-            and self._refusal is None
-        ):
-            # The usual keep-alive answer: one whole answer in one read.
-            answered, ended = events
-            if (
-                answered.kind is Event.ANSWERED
-                and ended.kind is Event.ENDED
-                and ended.offset == len(data)
-            ):
-                front = records.popleft()
-                front.status = answered.status
-                front.bytesOut += len(data)
-                front.answered = True
-                if front.sent:
-                    self._logAnswered(front)
-                return
         self._answerEvents(data, events)
 
     def _answerEvents(self, data: bytes, events) -> None:

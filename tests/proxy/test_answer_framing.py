@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from haven_agent.proxy.answer_framing import AnswerFramer, Event
+from haven_agent.proxy.http_head import head_end
 
 PROPERTY = settings(
     max_examples=200,
@@ -350,3 +351,78 @@ class FramingPropertyTests(SynchronousTestCase):
                 expected.append((Event.UNTIL_CLOSE, head, status))
         self.assertEqual(events, expected)
         self.assertEqual(framer.outstanding, sum(1 for i in items if i[4] != "ended"))
+
+
+def framed_whole_first(framer: AnswerFramer, chunks: list[bytes]) -> list[tuple]:
+    """
+    As L{framed}, but each chunk offered to C{statusOfWhole} first, as the
+    gate does: a whole answer it recognises stands for the events it saves.
+    """
+    found = []
+    base = 0
+    for chunk in chunks:
+        status = framer.statusOfWhole(chunk)
+        if status:
+            head = base + head_end(chunk)
+            found += [
+                (Event.ANSWERED, head, status),
+                (Event.ENDED, base + len(chunk), 0),
+            ]
+        else:
+            for event in framer.eventsIn(chunk):
+                found.append((event.kind, base + event.offset, event.status))
+        base += len(chunk)
+    return found
+
+
+class WholeAnswerTests(SynchronousTestCase):
+    """
+    C{statusOfWhole}, the shortcut for the usual keep-alive answer, says
+    what L{AnswerFramer.eventsIn} would, or nothing.
+    """
+
+    def test_oneWholeAnswer(self) -> None:
+        framer = expecting((b"GET", False))
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+        self.assertEqual(framer.statusOfWhole(answer), 200)
+        self.assertEqual(framer.outstanding, 0)
+
+    def test_declinesAndChangesNothing(self) -> None:
+        whole = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+        for requests, data in [
+            ([(b"GET", False)], whole[:-1]),
+            ([(b"GET", False)], whole + b"H"),
+            ([(b"GET", False), (b"GET", False)], whole),
+            ([(b"HEAD", False)], whole),
+            ([(b"POST", True)], whole),
+            ([(b"GET", False)], b"HTTP/1.1 204 No Content\r\n\r\n"),
+            ([(b"GET", False)], b"HTTP/1.1 100 Continue\r\n\r\n" + whole),
+            (
+                [(b"GET", False)],
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            ([(b"GET", False)], b"HTTP/1.1 200 OK\r\n\r\n"),
+            ([(b"GET", False)], b"garbage\r\n\r\n"),
+        ]:
+            framer = expecting(*requests)
+            self.assertEqual(framer.statusOfWhole(data), 0, data)
+            self.assertEqual(framer.outstanding, len(requests))
+            self.assertEqual(
+                framed(framer, [data]), framed(expecting(*requests), [data]), data
+            )
+
+    @PROPERTY
+    @given(st.data(), conversations())
+    def test_sameAsEventsIn(self, data, conversation) -> None:
+        items, stream = conversation
+        if data.draw(st.booleans()):
+            # One answer a read: the case the shortcut is for.
+            chunks = [item[1] for item in items if item[1]]
+        else:
+            chunks = cut(data.draw, stream)
+        plain, shortcut = AnswerFramer(), AnswerFramer()
+        for method, _, mayHijack, _, _ in items:
+            plain.expect(method, mayHijack)
+            shortcut.expect(method, mayHijack)
+        self.assertEqual(framed_whole_first(shortcut, chunks), framed(plain, chunks))
+        self.assertEqual(shortcut.outstanding, plain.outstanding)
