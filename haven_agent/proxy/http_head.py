@@ -17,7 +17,6 @@ would let a proxy and a server disagree about where a request ends.
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from urllib.parse import unquote_to_bytes
 
 from attrs import frozen
@@ -57,25 +56,54 @@ class Framing:
     length: int = 0
 
 
-@frozen
 class RequestHead:
     """
     One request head: the exact bytes received and what was read from them.
 
     Header names are lower-cased and values stripped of surrounding
-    whitespace in `headers`; `raw` is what is forwarded.
+    whitespace in `headers`; `raw` is what is forwarded. A head is not
+    changed once parsed.
 
     `path`, `apiPath`, `framing` and `hijacks` are computed on first use and
-    remembered (the gate asks for each more than once per request, and the
-    head is immutable); a `framing` that raises is not remembered, so it
-    raises again on every access.
+    remembered (the gate asks for each more than once per request); a
+    `framing` that raises is not remembered, so it raises again on every
+    access. Plain slots, not attrs' cached properties: those cost a failed
+    attribute lookup and a generated C{__getattr__} each, three times for
+    every request.
     """
 
-    raw: bytes
-    method: bytes
-    target: bytes
-    version: bytes
-    headers: tuple[tuple[bytes, bytes], ...]
+    __slots__ = (
+        "raw",
+        "method",
+        "target",
+        "version",
+        "headers",
+        "_path",
+        "_apiPath",
+        "_framing",
+        "_hijacks",
+    )
+
+    def __init__(
+        self,
+        raw: bytes,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None:
+        self.raw = raw
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self._path: bytes | None = None
+        self._apiPath: bytes | None = None
+        self._framing: Framing | None = None
+        self._hijacks: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.raw!r})"
 
     def values(self, name: bytes) -> list[bytes]:
         """
@@ -89,32 +117,46 @@ class RequestHead:
                 return value
         return None
 
-    @cached_property
+    @property
     def path(self) -> bytes:
         """
         The target's path, without query, percent-decoded and normalised
         (no dot segments, no empty segments), for deciding what a request
         is; the target itself is forwarded as it came.
         """
-        target = self.target
-        if target.startswith((b"http://", b"https://")):
-            slash = target.find(b"/", target.find(b"//") + 2)
-            target = target[slash:] if slash >= 0 else b"/"
-        decoded = unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
-        return normalize_path(decoded)
+        path = self._path
+        if path is None:
+            target = self.target
+            if target.startswith((b"http://", b"https://")):
+                slash = target.find(b"/", target.find(b"//") + 2)
+                target = target[slash:] if slash >= 0 else b"/"
+            decoded = unquote_to_bytes(target.split(b"?", 1)[0].split(b"#", 1)[0])
+            path = self._path = normalize_path(decoded)
+        return path
 
-    @cached_property
+    @property
     def apiPath(self) -> bytes:
         """
         L{path} without a leading C{/vX.Y} API version.
         """
-        return _API_PREFIX.sub(b"", self.path, count=1)
+        apiPath = self._apiPath
+        if apiPath is None:
+            apiPath = self._apiPath = _API_PREFIX.sub(b"", self.path, count=1)
+        return apiPath
 
-    @cached_property
+    @property
     def framing(self) -> Framing:
-        return _framing(self)
+        """
+        Where the body ends.
 
-    @cached_property
+        @raise HeadError: for framing that is refused (see L{_framing}).
+        """
+        framing = self._framing
+        if framing is None:
+            framing = self._framing = _framing(self)
+        return framing
+
+    @property
     def hijacks(self) -> bool:
         """
         May dockerd turn this connection into a raw two-way stream?
@@ -124,11 +166,16 @@ class RequestHead:
         and exec start without one: older clients get a C{200} raw stream.
         Whether it did is told by the answer (see `answer_framing`).
         """
-        if self.first(b"upgrade") is not None:
-            return True
-        if self.method != b"POST":
-            return False
-        return any(pattern.match(self.apiPath) for pattern in _HIJACK_PATHS)
+        hijacks = self._hijacks
+        if hijacks is None:
+            if self.first(b"upgrade") is not None:
+                hijacks = True
+            elif self.method != b"POST":
+                hijacks = False
+            else:
+                hijacks = any(pattern.match(self.apiPath) for pattern in _HIJACK_PATHS)
+            self._hijacks = hijacks
+        return hijacks
 
 
 def head_end(data: bytes | bytearray, start: int = 0) -> int:
