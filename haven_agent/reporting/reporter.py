@@ -263,7 +263,24 @@ class _PeriodicService(Service):
 
     log = Logger()
     node_name: str
+    interval: float
+    debounce: float
+    _clock: IReactorTime
+    _random: Callable[[], float]
     _schedule: _Schedule
+
+    def _new_schedule(self, max_backoff: float) -> _Schedule:
+        return _Schedule(
+            clock=self._clock,
+            attempt_once=self._report_once,
+            interval=self.interval,
+            random=self._random,
+            debounce=self.debounce,
+            max_backoff=max_backoff,
+        )
+
+    def _report_once(self) -> Deferred[_Outcome]:
+        raise NotImplementedError
 
     def startService(self) -> None:
         Service.startService(self)
@@ -337,14 +354,7 @@ class ReporterService(_PeriodicService):
     _failedAttempts: int = field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
-        self._schedule = _Schedule(
-            clock=self._clock,
-            attempt_once=self._report_once,
-            interval=self.interval,
-            random=self._random,
-            debounce=self.debounce,
-            max_backoff=self.max_backoff,
-        )
+        self._schedule = self._new_schedule(max_backoff=self.max_backoff)
 
     @property
     def ttl(self) -> int:
@@ -489,14 +499,7 @@ class LogReporter(_PeriodicService):
     _schedule: _Schedule = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._schedule = _Schedule(
-            clock=self._clock,
-            attempt_once=self._report_once,
-            interval=self.interval,
-            random=self._random,
-            debounce=self.debounce,
-            max_backoff=self.interval,
-        )
+        self._schedule = self._new_schedule(max_backoff=self.interval)
 
     def startService(self) -> None:
         self.log.info(
