@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Any
 
 from attrs import Factory, define, field
@@ -46,13 +45,14 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tests.fake_dockerd import short_socket_path
+
 __all__ = [
     "SAMPLE_CONTAINERS",
     "SAMPLE_INFO",
     "FakeDockerAPI",
     "RunningFakeDockerAPI",
     "serve_fake_docker_api",
-    "short_socket_path",
 ]
 
 SAMPLE_INFO: dict[str, Any] = {
@@ -247,14 +247,6 @@ class _TrackingFactory(WrappingFactory):
         for p in list(self.protocols):
             p.transport.abortConnection()
         return d
-
-
-def short_socket_path() -> str:
-    """
-    A fresh socket path well under the ~107-byte limit of UNIX socket
-    addresses (trial's temporary directories can exceed it).
-    """
-    return os.path.join(tempfile.mkdtemp(prefix="hfa", dir="/tmp"), "d.sock")
 
 
 @define(eq=False)

@@ -31,19 +31,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.fake_dockerd import (
+    LEGACY_HIJACKED,
+    UPGRADED,
     FakeDockerdFactory,
     pattern_bytes,
     short_socket_path,
 )
 
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\n"
-    b"Content-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Upgrade: tcp\r\n"
-    b"\r\n"
-)
-HIJACKED = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
 
 
@@ -317,10 +311,10 @@ class FakeDockerdSocketTests(TestCase):
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%sinput" % (len(body), body)
         )
-        yield client.until(lambda data: data == HIJACKED + b"input")
+        yield client.until(lambda data: data == LEGACY_HIJACKED + b"input")
         client.transport.loseWriteConnection()
         yield client.when_lost()
-        self.assertEqual(bytes(client.data), HIJACKED + b"input\ndone\n")
+        self.assertEqual(bytes(client.data), LEGACY_HIJACKED + b"input\ndone\n")
 
     @inlineCallbacks
     def test_stream(self):

@@ -14,20 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from haven_agent.proxy.answer_framing import AnswerFramer, Event
 from haven_agent.proxy.http_head import head_end
+from tests.fake_dockerd import LEGACY_HIJACKED, UPGRADED
 
 PROPERTY = settings(
     max_examples=200,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
-)
-
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-)
-LEGACY_RAW = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 )
 
 
@@ -158,7 +151,7 @@ class FramingTests(SynchronousTestCase):
 
     def test_legacyRawStreamHijacks(self) -> None:
         for kind in (b"raw-stream", b"multiplexed-stream"):
-            answer = LEGACY_RAW.replace(b"raw-stream", kind)
+            answer = LEGACY_HIJACKED.replace(b"raw-stream", kind)
             framer = expecting((b"POST", True))
             self.assertEqual(
                 framed(framer, [answer]), [(Event.HIJACKED, len(answer), 200)]
@@ -171,7 +164,7 @@ class FramingTests(SynchronousTestCase):
         """
         framer = expecting((b"GET", False))
         self.assertEqual(
-            [event[0] for event in framed(framer, [LEGACY_RAW])],
+            [event[0] for event in framed(framer, [LEGACY_HIJACKED])],
             [Event.ANSWERED, Event.UNTIL_CLOSE],
         )
 
@@ -296,7 +289,7 @@ def conversations(draw) -> tuple[list, bytes]:
     if last == "hijack":
         items.append((b"POST", UPGRADED + b"\x01\x00\x00\x00", True, 101, "hijacked"))
     elif last == "legacy":
-        items.append((b"POST", LEGACY_RAW + b"HTTP/1.1", True, 200, "hijacked"))
+        items.append((b"POST", LEGACY_HIJACKED + b"HTTP/1.1", True, 200, "hijacked"))
     elif last == "close":
         items.append(
             (b"GET", b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200", False, 200, "until close")

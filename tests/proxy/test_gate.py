@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.connection_limits import ConnectionLimits
 from haven_agent.proxy.gate import GateFactory
+from tests.fake_dockerd import LEGACY_HIJACKED, UPGRADED
 
 AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
 BAD_AUTH = b"Authorization: Basic " + b64encode(b"admin:nope") + b"\r\n"
@@ -189,13 +190,6 @@ class ForwardingTests(SynchronousTestCase):
         self.assertEqual(docker.value(), b"", "the next head is gated again")
 
 
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-)
-LEGACY = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
-
-
 class HijackTests(SynchronousTestCase):
     def test_attachBecomesRawPipeOnceDockerHijacks(self) -> None:
         h = GateHarness(self)
@@ -224,7 +218,7 @@ class HijackTests(SynchronousTestCase):
         head = b"POST /containers/c/attach?stdin=1 HTTP/1.1\r\n" + AUTH + b"\r\n"
         h.send(head)
         docker = h.acceptDocker()
-        h.docker.dataReceived(LEGACY)
+        h.docker.dataReceived(LEGACY_HIJACKED)
         h.send(b"GET nothing")
         self.assertEqual(docker.value(), head + b"GET nothing")
 

@@ -39,6 +39,7 @@ from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
 from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.http_head import MAX_HEAD_BYTES, HeadError, HeadReader
+from tests.fake_dockerd import UPGRADED
 
 PROPERTY = settings(
     max_examples=150,
@@ -444,10 +445,6 @@ HEAD_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
 NOT_FOUND = (
     b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
     b'Content-Length: 28\r\n\r\n{"message":"No such thing"}\n'
-)
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
 )
 BAD_BODY = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
 

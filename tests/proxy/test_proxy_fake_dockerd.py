@@ -47,6 +47,7 @@ from haven_agent.proxy.service import build_proxy_service
 from haven_agent.thread_pools import ThreadPools
 from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
 from tests.fake_dockerd import (
+    UPGRADED,
     FakeDockerdFactory,
     FakeDockerdProtocol,
     pattern_bytes,
@@ -58,13 +59,6 @@ PASSWORD = b"s3cret"
 AUTH = b"Basic " + base64.b64encode(USER + b":" + PASSWORD)
 BAD_AUTH = b"Basic " + base64.b64encode(USER + b":wrong")
 
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\n"
-    b"Content-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\n"
-    b"Upgrade: tcp\r\n"
-    b"\r\n"
-)
 HIJACKED = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 PING_OK = (
     b"HTTP/1.1 200 OK\r\n"

@@ -42,8 +42,8 @@ from tests.fake_docker_api import (
     SAMPLE_INFO,
     RunningFakeDockerAPI,
     serve_fake_docker_api,
-    short_socket_path,
 )
+from tests.fake_dockerd import short_socket_path
 
 
 async def wait_until(
