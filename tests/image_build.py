@@ -36,7 +36,7 @@ import tempfile
 import time
 import tomllib
 
-from tests.realdockerd import RealDockerd
+from tests.realdockerd import RealDockerd, output_tail
 
 __all__ = [
     "BASE_IMAGE",
@@ -95,12 +95,6 @@ class ImageBuild:
         }
 
 
-def _tail(data: bytes | str, n: int = 3000) -> str:
-    if isinstance(data, bytes):
-        data = data.decode(errors="replace")
-    return data if len(data) <= n else "..." + data[-n:]
-
-
 @contextlib.contextmanager
 def _locked(name: str):
     """An exclusive lock on CACHE_DIR/name.lock (parallel test runs)."""
@@ -123,7 +117,8 @@ def _run(argv, timeout: float, what: str, **kwargs) -> subprocess.CompletedProce
     except subprocess.TimeoutExpired as e:
         raise ImageUnavailable(
             f"{what}: {' '.join(argv)} did not finish within {timeout:.0f} s; "
-            f"output so far: {_tail(e.stdout or b'')} {_tail(e.stderr or b'')}"
+            f"output so far: {output_tail(e.stdout or b'')} "
+            f"{output_tail(e.stderr or b'')}"
         ) from None
     return proc
 
@@ -162,7 +157,7 @@ def ensure_debootstrap() -> str:
     if proc.returncode != 0 or not found:
         raise ImageUnavailable(
             f"debootstrap could not be installed with apt-get (status "
-            f"{proc.returncode}): {_tail(proc.stderr, 1500)}"
+            f"{proc.returncode}): {output_tail(proc.stderr, 1500)}"
         )
     return found
 
@@ -195,11 +190,11 @@ def base_rootfs(build: ImageBuild | None = None) -> str:
             log = os.path.join(tmp, "debootstrap", "debootstrap.log")
             detail = ""
             with contextlib.suppress(OSError), open(log, "rb") as f:
-                detail = _tail(f.read(), 2000)
+                detail = output_tail(f.read(), 2000)
             shutil.rmtree(tmp, ignore_errors=True)
             raise ImageUnavailable(
                 f"debootstrap of {SUITE} from {MIRROR} failed (status "
-                f"{proc.returncode}): {_tail(proc.stderr, 1500)}\n{detail}"
+                f"{proc.returncode}): {output_tail(proc.stderr, 1500)}\n{detail}"
             )
         # What official slim images leave out too: downloaded packages and
         # package lists (apt-get update brings them back when needed).
@@ -257,8 +252,8 @@ def import_base(dockerd: RealDockerd, build: ImageBuild | None = None) -> str:
     if tar.returncode != 0 or proc.returncode != 0:
         raise ImageUnavailable(
             f"docker import of {rootfs} as {BASE_IMAGE} failed (tar status "
-            f"{tar.returncode}: {_tail(tar_err, 500)}; docker status "
-            f"{proc.returncode}: {_tail(proc.stderr, 1500)})"
+            f"{tar.returncode}: {output_tail(tar_err, 500)}; docker status "
+            f"{proc.returncode}: {output_tail(proc.stderr, 1500)})"
         )
     if build is not None:
         build.import_seconds = time.monotonic() - started
@@ -316,7 +311,7 @@ def wheelhouse(build: ImageBuild | None = None) -> str:
                 raise ImageUnavailable(
                     f"pip wheel of {what} failed (status {proc.returncode}; the "
                     f"package index must be reachable from the host): "
-                    f"{_tail(proc.stderr, 2000)}"
+                    f"{output_tail(proc.stderr, 2000)}"
                 )
         # The image builds the agent itself from the source.
         for name in os.listdir(tmp):
@@ -385,7 +380,9 @@ def build_image(dockerd: RealDockerd, tag: str) -> ImageBuild:
             env=dockerd.cli_env(DOCKER_BUILDKIT="0"),
         )
         build.build_seconds = time.monotonic() - started
-    build.build_output = _tail(proc.stdout, 20000) + _tail(proc.stderr, 5000)
+    build.build_output = output_tail(proc.stdout, 20000) + output_tail(
+        proc.stderr, 5000
+    )
     if proc.returncode != 0:
         # Not ImageUnavailable: the machine could build, the Dockerfile failed.
         raise AssertionError(

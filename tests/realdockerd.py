@@ -33,6 +33,7 @@ import threading
 import time
 
 __all__ = [
+    "output_tail",
     "BUSYBOX_APPLETS",
     "IMAGE",
     "DockerdUnavailable",
@@ -73,6 +74,16 @@ _CA_ENV_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 class DockerdUnavailable(Exception):
     """This machine cannot run the private dockerd; the message says why."""
+
+
+def output_tail(text: bytes | str, n: int = 3000) -> str:
+    """
+    The last C{n} characters of a command's output, for a failure message
+    that shows what went wrong without pages of build or daemon log.
+    """
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return text if len(text) <= n else "..." + text[-n:]
 
 
 def clean_docker_env(base: dict[str, str] | None = None) -> dict[str, str]:

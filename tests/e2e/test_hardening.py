@@ -51,6 +51,7 @@ from tests.realdockerd import (
     DockerdUnavailable,
     RealDockerd,
     clean_docker_env,
+    output_tail,
     shared_dockerd,
 )
 
@@ -66,12 +67,6 @@ _TEXT_REQUEST = re.compile(
     r"^\S+ \[haven_agent\.requests#\w+\] (?P<peer>\S+) (?P<user>\S+) "
     r"(?P<method>\S+) (?P<path>\S+): (?P<outcome>[^;\n]*)"
 )
-
-
-def _tail(text: bytes | str, n: int = 3000) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return text if len(text) <= n else "..." + text[-n:]
 
 
 def _require(start):
@@ -276,7 +271,7 @@ class HardeningCase(SynchronousTestCase):
             start = max(0, output.rfind("\n", 0, max(0, match.start() - 600)))
             self.fail(
                 "the agent logged an unhandled error during this test:\n"
-                f"{_tail(output[start:start + 4000], 4000)}"
+                f"{output_tail(output[start:start + 4000], 4000)}"
             )
         if expect_running and not agent.is_running():
             self.fail(f"the agent process died during this test:\n{agent.logs()}")
@@ -357,8 +352,8 @@ class HardeningCase(SynchronousTestCase):
         except subprocess.TimeoutExpired as e:
             self.fail(
                 f"{' '.join(argv)} did not finish within {timeout:.0f} s\n"
-                f"stdout: {_tail(e.stdout or b'')!r}\n"
-                f"stderr: {_tail(e.stderr or b'')!r}"
+                f"stdout: {output_tail(e.stdout or b'')!r}\n"
+                f"stderr: {output_tail(e.stderr or b'')!r}"
             )
 
     def docker(
@@ -862,7 +857,8 @@ class BruteForceTests(HardeningCase):
             agent, r"10 failed authentications from 127\.0\.0\.1\b[^\n]*", 30
         )
         self.assertIsNotNone(
-            warning, f"no warning after 10 failures:\n{_tail(self.agent_output(agent))}"
+            warning,
+            f"no warning after 10 failures:\n{output_tail(self.agent_output(agent))}",
         )
         # Now the right password: answered, while the last refusals still wait.
         status, body, _ = self.curl(agent, "/version", password=agent.password)
@@ -948,7 +944,7 @@ class DockerdFaultTests(HardeningCase):
         self.assertTrue(
             log_lines.wait_for(lambda line: line.startswith("tick"), 30),
             f"`docker logs -f` through the agent showed nothing (exit status "
-            f"{logs.poll()})\n{_tail(self.agent_output(agent))}",
+            f"{logs.poll()})\n{output_tail(self.agent_output(agent))}",
         )
         self.assertTrue(
             self.stream_live(event_lines),
@@ -962,7 +958,7 @@ class DockerdFaultTests(HardeningCase):
             except subprocess.TimeoutExpired:
                 self.fail(
                     f"`docker {what}` through the agent still runs 30 s after "
-                    f"dockerd stopped\n{_tail(self.agent_output(agent))}"
+                    f"dockerd stopped\n{output_tail(self.agent_output(agent))}"
                 )
         self.assertTrue(agent.is_running(), agent.logs())
         self.daemon.start_daemon()
@@ -1078,8 +1074,8 @@ class ShutdownTests(HardeningCase):
         closing = re.search(
             r"closing 1 connections? still open after 2(\.0)? s", output
         )
-        self.assertIsNotNone(closed, _tail(output))
-        self.assertIsNotNone(closing, _tail(output))
+        self.assertIsNotNone(closed, output_tail(output))
+        self.assertIsNotNone(closing, output_tail(output))
         self.assertLess(closed.start(), closing.start())
         closed_streams = [
             e for e in self.request_events(agent) if "/events" in e["path"]
@@ -1204,7 +1200,7 @@ class HostileInputTests(HardeningCase):
             self.assertIsNotNone(
                 self.wait_for_output(self.agent, rf"127\.0\.0\.1:{port}\b", 3),
                 f"nothing logged about the connection from port {port}:\n"
-                f"{_tail(self.agent_output(self.agent))}",
+                f"{output_tail(self.agent_output(self.agent))}",
             )
 
 

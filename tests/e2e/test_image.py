@@ -50,7 +50,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.image_build import CACHE_DIR, ImageBuild, ImageUnavailable, build_image
 from tests.realdockerd import IMAGE as BUSYBOX
-from tests.realdockerd import DockerdUnavailable, clean_docker_env, shared_dockerd
+from tests.realdockerd import (
+    DockerdUnavailable,
+    clean_docker_env,
+    output_tail,
+    shared_dockerd,
+)
 
 TAG = "hvtest/haven-agent:test"
 STATE_DIR = "/var/lib/haven-agent"
@@ -69,12 +74,6 @@ LOG_PROBLEMS = re.compile(
 
 #: Measurements, reported in the test log and in a JSON file at exit.
 MEASURED: dict[str, object] = {}
-
-
-def _tail(text: bytes | str, n: int = 3000) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return text if len(text) <= n else "..." + text[-n:]
 
 
 def _free_port() -> int:
@@ -376,7 +375,7 @@ class AgentContainer:
             time.sleep(0.3)
         raise AssertionError(
             f"{self.name} did not turn healthy within {timeout:.0f} s: {health}\n"
-            f"{_tail(self.logs())}"
+            f"{output_tail(self.logs())}"
         )
 
     def fetch_certificate(self) -> bytes:
@@ -473,8 +472,8 @@ class AgentContainer:
         except subprocess.TimeoutExpired as e:
             raise AssertionError(
                 f"docker {' '.join(args)} through the agent did not finish within "
-                f"{timeout:.0f} s; stdout {_tail(e.stdout or b'')!r}, stderr "
-                f"{_tail(e.stderr or b'')!r}\n{_tail(self.logs())}"
+                f"{timeout:.0f} s; stdout {output_tail(e.stdout or b'')!r}, stderr "
+                f"{output_tail(e.stderr or b'')!r}\n{output_tail(self.logs())}"
             ) from None
 
 
@@ -595,7 +594,7 @@ class ImageTests(SynchronousTestCase):
         proc = _run_in_image(
             self.dockerd, self.build.tag, "-c", script, entrypoint="python"
         )
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         facts = json.loads(proc.stdout)
         self.assertTrue(
             facts["module"].startswith(
@@ -637,7 +636,7 @@ class ImageTests(SynchronousTestCase):
         """`twistd haven-agent --help` runs in the image (arguments after the image)."""
         proc = _run_in_image(self.dockerd, self.build.tag, "--help")
         out = proc.stdout.decode()
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         self.assertIn("haven-agent", out)
         for needle in (
             "--master",
@@ -666,7 +665,9 @@ class AgentContainerTests(SynchronousTestCase):
         state = self.agent.state()
         logs = self.agent.logs()
         if not state.get("Running"):
-            self.fail(f"the agent container is not running ({state}):\n{_tail(logs)}")
+            self.fail(
+                f"the agent container is not running ({state}):\n{output_tail(logs)}"
+            )
         match = LOG_PROBLEMS.search(logs)
         if match:
             start = max(0, match.start() - 1500)
@@ -675,12 +676,12 @@ class AgentContainerTests(SynchronousTestCase):
     def test_docker_version(self) -> None:
         """`docker version` through the agent, TLS pinned to its own certificate."""
         proc = self.agent.cli("version", "--format", "{{json .Server}}")
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         server = json.loads(proc.stdout)
         self.assertEqual(server["ApiVersion"], self.dockerd.api_version)
         self.assertEqual(server["Version"], self.dockerd.server_version)
         plain = self.agent.cli("version")
-        self.assertEqual(plain.returncode, 0, _tail(plain.stderr))
+        self.assertEqual(plain.returncode, 0, output_tail(plain.stderr))
         self.assertIn(b"Server:", plain.stdout)
 
     def test_certificate(self) -> None:
@@ -723,7 +724,9 @@ class AgentContainerTests(SynchronousTestCase):
             timeout=60,
         )
         self.assertEqual(
-            (proc.returncode, proc.stdout), (0, b"data\ndone\n"), _tail(proc.stderr)
+            (proc.returncode, proc.stdout),
+            (0, b"data\ndone\n"),
+            output_tail(proc.stderr),
         )
 
     def test_logs_follow(self) -> None:
@@ -744,7 +747,7 @@ class AgentContainerTests(SynchronousTestCase):
             script,
         )
         proc = self.agent.cli("logs", "-f", name, timeout=60)
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         self.assertEqual(
             proc.stdout.decode().split(), [f"line{i}" for i in range(1, 9)]
         )
@@ -786,7 +789,7 @@ class AgentContainerTests(SynchronousTestCase):
         self.assertIsNotNone(
             report,
             f"no report naming {agent.name} within 30 s; got "
-            f"{[r['path'] for r in agent.master.reports]}\n{_tail(agent.logs())}",
+            f"{[r['path'] for r in agent.master.reports]}\n{output_tail(agent.logs())}",
         )
         body = json.loads(report["body"])
         name = body["name"]
@@ -878,7 +881,7 @@ class LifecycleTests(SynchronousTestCase):
         )
         # The certificate pinned before the restart still verifies.
         proc = agent.cli("version", "--format", "{{.Server.APIVersion}}")
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         self.assertNotRegex(agent.logs(), LOG_PROBLEMS)
 
         # A new container on the same volume (an image upgrade) keeps it too.
@@ -888,7 +891,7 @@ class LifecycleTests(SynchronousTestCase):
         agent.wait_ready(started)
         self.assertEqual(agent.fingerprints(), [("loaded", fingerprint)])
         proc = agent.cli("version", "--format", "{{.Server.APIVersion}}")
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
 
     def test_non_root_with_docker_group(self) -> None:
         """--user haven-agent --group-add <socket's group> works, as documented;
@@ -933,7 +936,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn(b"haven-agent", cmdline)
         agent.fetch_certificate()
         proc = agent.cli("version", "--format", "{{.Server.APIVersion}}")
-        self.assertEqual(proc.returncode, 0, _tail(proc.stderr))
+        self.assertEqual(proc.returncode, 0, output_tail(proc.stderr))
         self.assertEqual(proc.stdout.strip().decode(), self.dockerd.api_version)
 
     def test_unhealthy_without_docker(self) -> None:
@@ -993,7 +996,7 @@ class LifecycleTests(SynchronousTestCase):
         _measure("stop_with_open_stream_seconds", round(stop_seconds, 2))
         state = agent.state()
         # Exit code 0, not 137: stopped by twistd, not killed after 10 s.
-        self.assertEqual(state["ExitCode"], 0, f"{state}\n{_tail(agent.logs())}")
+        self.assertEqual(state["ExitCode"], 0, f"{state}\n{output_tail(agent.logs())}")
         logs = agent.logs()
         self.assertRegex(logs, r"admin GET /v[\d.]+/events: ")
         self.assertIn("Main loop terminated.", logs)

@@ -44,10 +44,10 @@ from tests.e2e.test_real_dockerd import (
     AGENT_LOG_PROBLEMS,
     E2ETestCase,
     _LineReader,
-    _tail,
 )
 from tests.e2e_agent import AgentProcess, AgentStartError
 from tests.fake_master import FakeMaster, listen
+from tests.realdockerd import output_tail
 from tests.realpodman import IMAGE, PODMAN_IMAGE, PodmanUnavailable, shared_podman
 
 #: `docker run` arguments before the command: the test image, no network
@@ -130,7 +130,7 @@ class PodmanE2ETestCase(E2ETestCase):
     def assertRan(self, proc, status: int, stdout: bytes) -> None:
         """`proc` exited with `status`, having printed `stdout`."""
         self.assertEqual(
-            (proc.returncode, proc.stdout), (status, stdout), _tail(proc.stderr)
+            (proc.returncode, proc.stdout), (status, stdout), output_tail(proc.stderr)
         )
 
     def workdir(self, files: dict[str, str | bytes] | None = None) -> str:
@@ -312,7 +312,7 @@ class PodmanDockerCLITests(PodmanE2ETestCase):
         self.assertEqual(
             [line for _, line in reader.seen], ["before-1", "before-2", "after"]
         )
-        self.assertEqual(status, 0, _tail(proc.stderr.read()))
+        self.assertEqual(status, 0, output_tail(proc.stderr.read()))
         state = self.direct(
             "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name
         )
@@ -566,7 +566,8 @@ class PodmanReporterTests(TestCase):
 
         report = yield self.report_listing(master, container_id, timeout=60)
         self.assertIsNotNone(
-            report, f"no report listing {name} in 60 s:\n{_tail(agent.logs(), 4000)}"
+            report,
+            f"no report listing {name} in 60 s:\n{output_tail(agent.logs(), 4000)}",
         )
         self.assertEqual(report.code, 200, "the fake master refused the report")
         self.assertEqual(
@@ -614,7 +615,7 @@ class PodmanReporterTests(TestCase):
         self.assertIsNotNone(
             early,
             "creating containers on podman brought no early report:\n"
-            + _tail(agent.read_log(log_offset), 4000),
+            + output_tail(agent.read_log(log_offset), 4000),
         )
         self.assertEqual(early.code, 200)
 
@@ -630,7 +631,7 @@ class PodmanReporterTests(TestCase):
         self.assertIsNotNone(
             gone,
             "removing a container on podman brought no early report:\n"
-            + _tail(agent.read_log(log_offset), 4000),
+            + output_tail(agent.read_log(log_offset), 4000),
         )
         problems = AGENT_LOG_PROBLEMS.search(agent.read_log())
-        self.assertIsNone(problems, _tail(agent.read_log(), 4000))
+        self.assertIsNone(problems, output_tail(agent.read_log(), 4000))

@@ -35,7 +35,7 @@ from tests.e2e_agent import (
     kill_process,
     twistd_argv,
 )
-from tests.realdockerd import IMAGE, DockerdUnavailable, shared_dockerd
+from tests.realdockerd import IMAGE, DockerdUnavailable, output_tail, shared_dockerd
 
 TIMEOUT = 120.0
 
@@ -77,12 +77,6 @@ def shared_agent(dockerd, extra_args: tuple[str, ...] = ()) -> AgentProcess:
             raise
         _agents[extra_args] = agent
         return agent
-
-
-def _tail(text: bytes | str, n: int = 3000) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return text if len(text) <= n else "..." + text[-n:]
 
 
 class _LineReader:
@@ -162,7 +156,7 @@ class E2ETestCase(SynchronousTestCase):
             self.fail(
                 "the client-side checks passed, but the agent logged an unhandled "
                 f"error during this test ({self.agent.log_path}):\n"
-                f"{_tail(new[start:start + 4000], 4000)}"
+                f"{output_tail(new[start:start + 4000], 4000)}"
             )
         if not self.agent.is_running():
             self.fail(f"the agent process died during this test:\n{self.agent.logs()}")
@@ -173,7 +167,7 @@ class E2ETestCase(SynchronousTestCase):
         return f"hve2e-{what}-{secrets.token_hex(4)}"
 
     def agent_log_tail(self) -> str:
-        return _tail(self.agent.logs(), 4000)
+        return output_tail(self.agent.logs(), 4000)
 
     def _run_cmd(self, argv, env, input, timeout, what) -> subprocess.CompletedProcess:
         kwargs = (
@@ -191,8 +185,9 @@ class E2ETestCase(SynchronousTestCase):
         except subprocess.TimeoutExpired as e:
             self.fail(
                 f"{what} {' '.join(argv)} did not finish within {timeout:.0f} s\n"
-                f"stdout so far: {_tail(e.stdout or b'')!r}\n"
-                f"stderr so far: {_tail(e.stderr or b'')!r}\n{self.agent_log_tail()}"
+                f"stdout so far: {output_tail(e.stdout or b'')!r}\n"
+                f"stderr so far: {output_tail(e.stderr or b'')!r}\n"
+                f"{self.agent_log_tail()}"
             )
 
     def via_agent(
@@ -213,8 +208,8 @@ class E2ETestCase(SynchronousTestCase):
         if check and proc.returncode != 0:
             self.fail(
                 f"through the agent: docker {' '.join(args)} failed with status "
-                f"{proc.returncode}\nstdout: {_tail(proc.stdout)!r}\n"
-                f"stderr: {_tail(proc.stderr)!r}\n{self.agent_log_tail()}"
+                f"{proc.returncode}\nstdout: {output_tail(proc.stdout)!r}\n"
+                f"stderr: {output_tail(proc.stderr)!r}\n{self.agent_log_tail()}"
             )
         return proc
 
@@ -341,7 +336,7 @@ class DockerCLITests(E2ETestCase):
         self.assertEqual(
             (proc.returncode, proc.stdout),
             (0, b"data\ndone\n"),
-            f"stderr: {_tail(proc.stderr)!r}",
+            f"stderr: {output_tail(proc.stderr)!r}",
         )
 
     def test_exec_without_stdin(self) -> None:
@@ -382,7 +377,7 @@ class DockerCLITests(E2ETestCase):
         self.assertEqual(
             (proc.returncode, proc.stdout),
             (0, b"abc\n"),
-            f"stderr: {_tail(proc.stderr)!r}",
+            f"stderr: {output_tail(proc.stderr)!r}",
         )
 
     def test_logs_follow(self) -> None:
@@ -632,7 +627,7 @@ class CurlTests(E2ETestCase):
         try:
             return json.loads(proc.stdout)
         except ValueError:
-            self.fail(f"not JSON: {_tail(proc.stdout)!r}")
+            self.fail(f"not JSON: {output_tail(proc.stdout)!r}")
 
     def test_version(self) -> None:
         data = self.assertJSONOK(self.curl("/version", "--fail"))
