@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -31,11 +29,14 @@ import tempfile
 import time
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests import pki
 from tests.realdockerd import clean_docker_env
+
+#: The organisation of the test CAs' names.
+ORGANIZATION = "haven-agent tests"
 
 __all__ = ["AgentProcess", "AgentStartError", "CHECKOUT_ROOT", "make_test_pki"]
 
@@ -67,86 +68,27 @@ def agent_env(checkout: str = CHECKOUT_ROOT) -> dict[str, str]:
     return env
 
 
-def _key_usage(cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def make_test_pki(directory: str) -> tuple[str, str, str]:
     """Write a throwaway CA and a server certificate for 127.0.0.1/localhost.
 
     EC P-256 keys.  Returns (ca_path, cert_path, key_path).
     """
-    now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(days=1)
-    not_after = now + datetime.timedelta(days=30)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haven-agent tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "haven-agent test CA"),
-        ]
+    ca_key, ca_cert = pki.make_ca(
+        "haven-agent test CA", organization=ORGANIZATION, path_length=0
     )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    key, cert = pki.issue(
+        (ca_key, ca_cert),
+        ["localhost"],
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+        key_usage=True,
     )
 
     ca_path = os.path.join(directory, "ca.pem")
     cert_path = os.path.join(directory, "server-cert.pem")
     key_path = os.path.join(directory, "server-key.pem")
-    with open(ca_path, "wb") as f:
-        f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+    pki.write(ca_path, pki.cert_pem(ca_cert))
     _write_cert_and_key(cert, key, cert_path, key_path)
     return ca_path, cert_path, key_path
 
@@ -513,29 +455,7 @@ def make_ca(
     Returns (ca_cert_path, ca_key_path); file names are derived from `name`
     so several CAs can share a directory.
     """
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haven-agent tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = pki.make_ca(name, organization=ORGANIZATION, path_length=0)
     stem = "".join(c if c.isalnum() else "-" for c in name)
     cert_path = os.path.join(directory, f"{stem}-ca.pem")
     key_path = os.path.join(directory, f"{stem}-ca-key.pem")
@@ -557,29 +477,11 @@ def make_client_certificate(
         ca_cert = x509.load_pem_x509_certificate(f.read())
     with open(ca_key_path, "rb") as f:
         ca_key = serialization.load_pem_private_key(f.read(), password=None)
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                ca_ski.value
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    key, cert = pki.issue(
+        (ca_key, ca_cert),
+        [common_name],
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        key_usage=True,
     )
     stem = "".join(c if c.isalnum() else "-" for c in common_name)
     cert_path = os.path.join(directory, f"{stem}-cert.pem")
@@ -593,17 +495,10 @@ def make_client_certificate(
 
 
 def _write_cert_and_key(cert, key, cert_path: str, key_path: str) -> None:
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    pki.write(cert_path, pki.cert_pem(cert))
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        f.write(pki.key_pem(key))
 
 
 __all__ += ["make_ca", "make_client_certificate"]

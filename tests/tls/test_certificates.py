@@ -50,91 +50,14 @@ from haven_agent.tls.certificates import (
     parse_server_names,
     sha256_fingerprint,
 )
+from tests.pki import cert_pem, issue, key_pem, make_ca, write
 
 NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 HOSTS = ["node1.example", "node1"]
 IPS = ["192.0.2.10", "2001:db8::10"]
 
 
-# --- helpers: a throw-away PKI built with cryptography ---------------------------
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed CA certificate and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def issue(
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    common_name: str,
-    usage: x509.ObjectIdentifier,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A leaf certificate for C{common_name} issued by the given CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(
-    key: ec.EllipticCurvePrivateKey,
-    encryption: serialization.KeySerializationEncryption | None = None,
-) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        encryption or serialization.NoEncryption(),
-    )
-
-
-def write(path: str, data: bytes) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
+# --- helpers ---------------------------------------------------------------------
 
 
 def private_key_der(pem_or_key: bytes | ec.EllipticCurvePrivateKey) -> bytes:
@@ -634,7 +557,10 @@ class LoadCertificateFilesTests(SynchronousTestCase):
         os.mkdir(self.directory)
         self.ca_key, self.ca_cert = make_ca("Operator CA")
         self.key, self.cert = issue(
-            self.ca_key, self.ca_cert, "node1.example", ExtendedKeyUsageOID.SERVER_AUTH
+            (self.ca_key, self.ca_cert),
+            ["node1.example"],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            dns_names=["node1.example"],
         )
 
     def path(self, name: str) -> str:
@@ -788,7 +714,10 @@ class CertificateOptionsTests(SynchronousTestCase):
         """Certificates after the leaf in cert_pem are sent as the chain."""
         ca_key, ca_cert = make_ca("Operator CA")
         key, cert = issue(
-            ca_key, ca_cert, "node1.example", ExtendedKeyUsageOID.SERVER_AUTH
+            (ca_key, ca_cert),
+            ["node1.example"],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            dns_names=["node1.example"],
         )
         directory = self.mktemp()
         os.mkdir(directory)
@@ -823,14 +752,22 @@ class CertificateOptionsTests(SynchronousTestCase):
         self.assertIn("client", errors)
 
         key, cert = issue(
-            other_ca_key, other_ca_cert, "intruder", ExtendedKeyUsageOID.CLIENT_AUTH
+            (other_ca_key, other_ca_cert),
+            ["intruder"],
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            dns_names=["intruder"],
         )
         errors = handshake(
             server_connection(options), SSL.Connection(client_context(cert, key), None)
         )
         self.assertIn("server", errors)
 
-        key, cert = issue(ca_key, ca_cert, "master", ExtendedKeyUsageOID.CLIENT_AUTH)
+        key, cert = issue(
+            (ca_key, ca_cert),
+            ["master"],
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            dns_names=["master"],
+        )
         server = server_connection(options)
         self.assertEqual(
             handshake(server, SSL.Connection(client_context(cert, key), None)), {}

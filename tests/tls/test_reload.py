@@ -21,9 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -51,118 +49,9 @@ from haven_agent.tls.reload import (
     expiry_warning,
     install_reload_signal,
 )
+from tests.pki import cert_pem, issue, key_pem, make_ca, server_pair, write
 
 NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-
-
-# --- a throw-away PKI built with cryptography (EC P-256) ------------------------
-
-
-def _subject(common_names: list[str]) -> x509.Name:
-    return x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, name) for name in common_names]
-    )
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _validity(
-    builder: x509.CertificateBuilder, not_after: datetime.datetime | None
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    if not_after is None:
-        not_after = now + datetime.timedelta(days=90)
-    return builder.not_valid_before(
-        min(now, not_after) - datetime.timedelta(days=1)
-    ).not_valid_after(not_after)
-
-
-def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = _key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_subject([common_name]))
-        .issuer_name(_subject([common_name]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-            critical=False,
-        )
-    )
-    return key, _validity(builder, None).sign(key, hashes.SHA256())
-
-
-def issue_client(
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-    common_names: list[str],
-    dns_names: list[str] = (),  # type: ignore[assignment]
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A client certificate issued by C{ca}."""
-    ca_key, ca_cert = ca
-    key = _key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_subject(common_names))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if dns_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]),
-            critical=False,
-        )
-    return key, _validity(builder, None).sign(ca_key, hashes.SHA256())
-
-
-def server_pair(
-    common_name: str, not_after: datetime.datetime | None = None
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed server certificate for localhost and its key."""
-    key = _key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_subject([common_name]))
-        .issuer_name(_subject([common_name]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.DNSName(common_name)]
-            ),
-            critical=False,
-        )
-    )
-    return key, _validity(builder, not_after).sign(key, hashes.SHA256())
-
-
-def pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 class Files:
@@ -182,12 +71,12 @@ class Files:
     ) -> str:
         """Write a new server certificate and key; return its fingerprint."""
         key, cert = server_pair(common_name, not_after)
-        write(self.cert, pem(cert))
+        write(self.cert, cert_pem(cert))
         write(self.key, key_pem(key))
         return sha256_fingerprint(cert)
 
     def install_ca(self, *cas: tuple[Any, x509.Certificate]) -> None:
-        write(self.ca, b"".join(pem(cert) for _, cert in cas))
+        write(self.ca, b"".join(cert_pem(cert) for _, cert in cas))
 
     def load(self) -> tuple[ServerCertificate, bytes | None]:
         return load_certificate_files(self.cert, self.key), None
@@ -462,14 +351,14 @@ class MutualTLSTests(ServingTestCase):
             error,
         )
 
-        intruder_key, intruder_cert = issue_client(self.other_ca, ["mallory"])
+        intruder_key, intruder_cert = issue(self.other_ca, ["mallory"])
         fingerprint, error = yield deferToThread(
             attempt, port, cert=intruder_cert, key=intruder_key, tls12=tls12
         )
         self.assertIsNone(fingerprint, "a certificate from another CA got in")
         self.assertIn("unknown ca", error)
 
-        key, cert = issue_client(self.ca, ["alice"], ["alice.example"])
+        key, cert = issue(self.ca, ["alice"], dns_names=["alice.example"])
         fingerprint, error = yield deferToThread(
             attempt, port, cert=cert, key=key, tls12=tls12
         )
@@ -491,8 +380,8 @@ class MutualTLSTests(ServingTestCase):
         """
         options = ReloadableServerOptions(self.files.load_with_client_ca)
         port = self.listen(options)
-        old_key, old_cert = issue_client(self.ca, ["alice"])
-        new_key, new_cert = issue_client(self.other_ca, ["bob"])
+        old_key, old_cert = issue(self.ca, ["alice"])
+        new_key, new_cert = issue(self.other_ca, ["bob"])
 
         self.files.install_ca(self.other_ca)
         self.assertTrue(options.reload())
@@ -557,7 +446,7 @@ class ReloadFailureTests(SynchronousTestCase):
         """
         options = ReloadableServerOptions(self.files.load)
         _, cert = server_pair("two")
-        write(self.files.cert, pem(cert))
+        write(self.files.cert, cert_pem(cert))
         self.assert_kept(options, self.files.key, "does not match")
 
     def test_bad_client_ca(self) -> None:
@@ -842,7 +731,7 @@ class ClientIdentityTests(SynchronousTestCase):
         self.ca = make_ca("Client CA")
 
     def identity(self, common_names: list[str], dns_names: list[str] = ()) -> Any:  # type: ignore[assignment]
-        _, cert = issue_client(self.ca, common_names, dns_names)
+        _, cert = issue(self.ca, common_names, dns_names=dns_names)
         return client_identity(FakeTransport(cert))
 
     def test_common_name(self) -> None:
