@@ -245,12 +245,35 @@ class AgentProcess:
             f"within {START_TIMEOUT:.0f} s (last error: {last_error!r})\n{self.logs()}"
         )
 
+    def tls_socket(
+        self,
+        alpn: list[str] | None = None,
+        source: str | None = None,
+        timeout: float = 10.0,
+    ) -> ssl.SSLSocket:
+        """
+        A raw TLS connection to the agent that verifies the test CA, for
+        tests that write their own bytes: offering C{alpn}, from the local
+        address C{source}. The caller closes it.
+        """
+        ctx = ssl.create_default_context(cafile=self.ca_path)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        raw = socket.create_connection(
+            ("127.0.0.1", self.port),
+            timeout=timeout,
+            source_address=(source, 0) if source is not None else None,
+        )
+        try:
+            return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        except BaseException:
+            raw.close()
+            raise
+
     def tls_handshake(self, timeout: float = 5.0) -> None:
         """Connect and complete a TLS handshake that verifies the test CA."""
-        ctx = ssl.create_default_context(cafile=self.ca_path)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            with ctx.wrap_socket(s, server_hostname="127.0.0.1"):
-                pass
+        with self.tls_socket(timeout=timeout):
+            pass
 
     def stop(self) -> None:
         proc, self.process = self.process, None

@@ -1098,10 +1098,7 @@ class HostileInputTests(HardeningCase):
         return sock
 
     def tls(self, alpn: list[str] | None = None) -> ssl.SSLSocket:
-        ctx = ssl.create_default_context(cafile=self.agent.ca_path)
-        if alpn:
-            ctx.set_alpn_protocols(alpn)
-        sock = ctx.wrap_socket(self.tcp(), server_hostname="127.0.0.1")
+        sock = self.agent.tls_socket(alpn)
         self.addCleanup(sock.close)
         return sock
 

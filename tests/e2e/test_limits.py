@@ -32,9 +32,7 @@ class LimitsCase(HardeningCase):
         return sock
 
     def tls(self, source: str = CROWD_SOURCE) -> ssl.SSLSocket:
-        ctx = ssl.create_default_context(cafile=self.agent.ca_path)
-        ctx.set_alpn_protocols(["http/1.1"])
-        sock = ctx.wrap_socket(self.tcp(source), server_hostname="127.0.0.1")
+        sock = self.agent.tls_socket(["http/1.1"], source)
         self.addCleanup(sock.close)
         return sock
 

@@ -78,10 +78,7 @@ class ReadOnlyRoutesTests(HardeningCase):
         )
 
     def viewer_socket(self) -> ssl.SSLSocket:
-        ctx = ssl.create_default_context(cafile=self.agent.ca_path)
-        ctx.set_alpn_protocols(["http/1.1"])
-        raw = socket.create_connection(("127.0.0.1", self.agent.port), timeout=10)
-        sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        sock = self.agent.tls_socket(["http/1.1"])
         self.addCleanup(sock.close)
         return sock
 

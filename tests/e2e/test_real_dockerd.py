@@ -19,8 +19,6 @@ import os
 import queue
 import re
 import secrets
-import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -752,9 +750,7 @@ class CurlTests(E2ETestCase):
             + b"Content-Length: %d\r\n\r\n" % len(body)
             + body
         )
-        ctx = ssl.create_default_context(cafile=self.agent.ca_path)
-        raw = socket.create_connection(("127.0.0.1", self.agent.port), timeout=30)
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        with self.agent.tls_socket(timeout=30) as sock:
             sock.sendall(data)
             answers = b""
             while chunk := sock.recv(65536):
