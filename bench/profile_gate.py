@@ -2,7 +2,7 @@
 Per-request cost of the gate, in-process: no sockets, no TLS, no dockerd.
 
 Drives one `GateProtocol` over `StringTransport`s and a `Clock` (as
-`tests/proxy/test_gate.py`'s `GateHarness` does) through N keep-alive
+`tests/proxy/gate_harness.py`'s `GateHarness` does) through N keep-alive
 `GET /_ping` request/response cycles and prints the microseconds of CPU one
 cycle costs: head reading and parsing, the Basic auth check, forwarding,
 the response's way back and the access-log event. What the real bench

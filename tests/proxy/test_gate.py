@@ -1,117 +1,31 @@
 """
 Tests for L{haven_agent.proxy.gate}: the per-request gate and the splice wiring,
-driven over C{StringTransport}s and a C{Clock}.
+driven over C{StringTransport}s and a C{Clock} by L{tests.proxy.gate_harness}.
 """
 
-from base64 import b64encode
-
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
-from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.connection_limits import ConnectionLimits
-from haven_agent.proxy.gate import GateFactory
 from tests.fake_dockerd import LEGACY_HIJACKED, UPGRADED
-
-AUTH = b"Authorization: Basic " + b64encode(b"admin:pw") + b"\r\n"
-BAD_AUTH = b"Authorization: Basic " + b64encode(b"admin:nope") + b"\r\n"
+from tests.proxy.gate_harness import (
+    AUTH,
+    BAD_AUTH,
+    VIEWER,
+    GateHarness,
+    hashedChecker,
+)
 
 
 def get(path: bytes = b"/info", auth: bytes = AUTH, extra: bytes = b"") -> bytes:
     return b"GET " + path + b" HTTP/1.1\r\nHost: docker\r\n" + auth + extra + b"\r\n"
 
 
-class HalfCloseTransport(StringTransport):
-    """
-    A StringTransport that records half-closes, as TCP and our TLS do them.
-    """
-
-    writeClosed = False
-
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-
-class GateHarness:
-    def __init__(
-        self,
-        testCase,
-        runInThread=None,
-        connect="later",
-        factory=None,
-        checker=None,
-        clock=None,
-        **options,
-    ) -> None:
-        self.clock = clock or Clock()
-        self.connects: list[tuple[object, Deferred]] = []
-        self.connectMode = connect
-        if factory is None:
-            checker = checker or BasicAuthChecker(
-                "admin",
-                "pw",
-                runInThread or (lambda f, *a: succeed(f(*a))),
-                readOnly=("viewer", "look"),
-            )
-            factory = GateFactory(
-                checker=checker,
-                connectDocker=self._connect,
-                dockerDescription="unix:/run/docker.sock",
-                clock=self.clock,
-                **options,
-            )
-        else:
-            self.clock = factory.clock
-        self.factory = factory
-        self.docker = None
-        self.dockerTransport = None
-        self.client = HalfCloseTransport(
-            peerAddress=IPv4Address("TCP", "10.0.0.9", 4321)
-        )
-        self.protocol = self.factory.buildProtocol(self.client.getPeer())
-        self.protocol.makeConnection(self.client)
-
-    def another(self) -> "GateHarness":
-        """
-        A second client connection to the same factory.
-        """
-        other = GateHarness.__new__(GateHarness)
-        other.__init__(None, factory=self.factory)
-        other.connects = self.connects
-        other.connectMode = self.connectMode
-        return other
-
-    def _connect(self, protocol):
-        if self.connectMode == "refuse":
-            return fail(ConnectionRefusedError("Connection refused"))
-        d = Deferred()
-        self.connects.append((protocol, d))
-        return d
-
-    def acceptDocker(self):
-        protocol, d = self.connects.pop(0)
-        self.docker = protocol
-        self.dockerTransport = HalfCloseTransport()
-        protocol.makeConnection(self.dockerTransport)
-        d.callback(protocol)
-        return self.dockerTransport
-
-    def send(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def dockerCloses(self) -> None:
-        self.dockerTransport.loseConnection()
-        self.docker.connectionLost(None)
-
-
 class ForwardingTests(SynchronousTestCase):
     def test_authorisedRequestForwardedUntouched(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         request = get(extra=b"X-Registry-Auth: e30=\r\nX-Odd:  spaced \r\n")
         h.send(request)
         self.assertEqual(len(h.connects), 1)
@@ -125,7 +39,7 @@ class ForwardingTests(SynchronousTestCase):
         )
 
     def test_pipelinedRequestsOneConnection(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         body = b'{"Image":"x"}'
         second = (
             b"POST /v1.41/containers/create HTTP/1.1\r\n"
@@ -141,7 +55,7 @@ class ForwardingTests(SynchronousTestCase):
         self.assertEqual(len(h.connects), 0, "one dockerd connection")
 
     def test_chunkedBodyThenNextRequestGated(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         upload = (
             b"POST /build HTTP/1.1\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n\r\n"
             b"4\r\nGET \r\n0\r\n\r\n"
@@ -160,7 +74,7 @@ class ForwardingTests(SynchronousTestCase):
         self.assertTrue(h.client.writeClosed)
 
     def test_contentLengthBodyMayLookLikeARequest(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         body = get(b"/smuggled", auth=b"")
         request = (
             b"PUT /archive HTTP/1.1\r\n"
@@ -172,7 +86,7 @@ class ForwardingTests(SynchronousTestCase):
         self.assertEqual(docker.value(), request + body + get(b"/after"))
 
     def test_largeBodyStreamsThrough(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         size = 20 * 1024 * 1024
         h.send(
             b"POST /images/load HTTP/1.1\r\n"
@@ -192,7 +106,7 @@ class ForwardingTests(SynchronousTestCase):
 
 class HijackTests(SynchronousTestCase):
     def test_attachBecomesRawPipeOnceDockerHijacks(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         head = (
             b"POST /v1.41/containers/c/attach?stdin=1&stream=1 HTTP/1.1\r\n"
             + AUTH
@@ -214,7 +128,7 @@ class HijackTests(SynchronousTestCase):
         self.assertTrue(docker.value().endswith(b"\x00\x01 not http"))
 
     def test_legacyRawStream(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         head = b"POST /containers/c/attach?stdin=1 HTTP/1.1\r\n" + AUTH + b"\r\n"
         h.send(head)
         docker = h.acceptDocker()
@@ -223,7 +137,7 @@ class HijackTests(SynchronousTestCase):
         self.assertEqual(docker.value(), head + b"GET nothing")
 
     def test_execStartBodyThenRawPipe(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         head = (
             b"POST /v1.41/exec/e/start HTTP/1.1\r\n"
             + AUTH
@@ -236,7 +150,7 @@ class HijackTests(SynchronousTestCase):
         self.assertEqual(docker.value(), head + b"stdin")
 
     def test_interimAnswerSkipped(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         head = (
             b"POST /exec/e/start HTTP/1.1\r\n"
             + AUTH
@@ -260,7 +174,7 @@ class HijackTests(SynchronousTestCase):
             b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
             b'Content-Length: 27\r\n\r\n{"message":"No such exec"}\n',
         ]:
-            h = GateHarness(self)
+            h = GateHarness()
             head = (
                 b"POST /v1.41/exec/e/start HTTP/1.1\r\n"
                 + AUTH
@@ -281,7 +195,7 @@ class HijackTests(SynchronousTestCase):
         not the attach's own: what follows the attach waits until the
         earlier answer has ended and the attach's own has said "hijacked".
         """
-        h = GateHarness(self)
+        h = GateHarness()
         attach = (
             b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
         )
@@ -300,7 +214,7 @@ class HijackTests(SynchronousTestCase):
         200: nothing was hijacked, so the third passes the gate, and is
         refused without reaching dockerd.
         """
-        h = GateHarness(self)
+        h = GateHarness()
         upgrade = get(b"/_ping", extra=b"Connection: Upgrade\r\nUpgrade: tcp\r\n")
         create = (
             b"POST /volumes/create HTTP/1.1\r\nHost: docker\r\n"
@@ -315,7 +229,7 @@ class HijackTests(SynchronousTestCase):
         self.assertIn(b"HTTP/1.1 401 Unauthorized", h.client.value())
 
     def test_hijackAfterAnsweredRequestIsWatched(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/_ping"))
         docker = h.acceptDocker()
         h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
@@ -328,7 +242,7 @@ class HijackTests(SynchronousTestCase):
         self.assertEqual(docker.value(), get(b"/_ping") + attach + b"early")
 
     def test_clientHalfCloseWhileAwaitingAnswer(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(
             b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\ndata\n"
         )
@@ -340,7 +254,7 @@ class HijackTests(SynchronousTestCase):
         self.assertTrue(h.dockerTransport.writeClosed)
 
     def test_clientHalfCloseReachesDocker(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n")
         h.acceptDocker()
         h.docker.dataReceived(UPGRADED)
@@ -355,7 +269,7 @@ class HijackTests(SynchronousTestCase):
         self.assertTrue(h.client.disconnecting)
 
     def test_dockerHalfCloseReachesClient(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(
             b"POST /containers/c/attach HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n"
         )
@@ -370,7 +284,7 @@ class HijackTests(SynchronousTestCase):
         self.assertTrue(h.dockerTransport.disconnecting)
 
     def test_dockerEndOutsideStreamClosesBoth(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/close-after-response"))
         h.acceptDocker()
         h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
@@ -392,20 +306,20 @@ class RefusalTests(SynchronousTestCase):
         return answer
 
     def test_missingCredentials(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(auth=b""))
         answer = self.assertRefused(h, b"401 ")
         self.assertIn(b'WWW-Authenticate: Basic realm="haven-agent"\r\n', answer)
         self.assertIn(b'{"message": "authentication required', answer)
 
     def test_wrongCredentials(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(auth=BAD_AUTH))
         answer = self.assertRefused(h, b"401 ")
         self.assertIn(b"wrong user name or password", answer)
 
     def test_lingeringCloseDrainsThenCloses(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"POST /images/load HTTP/1.1\r\nContent-Length: 99999\r\n\r\n")
         self.assertRefused(h, b"401 ")
         self.assertFalse(h.client.disconnecting)
@@ -415,28 +329,28 @@ class RefusalTests(SynchronousTestCase):
         self.assertTrue(h.client.disconnecting)
 
     def test_clientCloseEndsLinger(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(auth=b""))
         h.protocol.readConnectionLost()
         self.assertTrue(h.client.disconnecting)
 
     def test_headTooLarge(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"GET / HTTP/1.1\r\n" + AUTH + b"X: " + b"a" * 70000)
         self.assertRefused(h, b"431 ")
 
     def test_malformed(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
         self.assertRefused(h, b"400 ")
 
     def test_http2Preface(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         self.assertRefused(h, b"400 ")
 
     def test_badFramingBeforeAuth(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(
             b"POST / HTTP/1.1\r\n"
             + AUTH
@@ -445,7 +359,7 @@ class RefusalTests(SynchronousTestCase):
         self.assertRefused(h, b"400 ")
 
     def test_dockerUnreachable(self) -> None:
-        h = GateHarness(self, connect="refuse")
+        h = GateHarness(connect="refuse")
         with capturedLogs() as events:
             h.send(get())
         answer = h.client.value()
@@ -458,7 +372,7 @@ class RefusalTests(SynchronousTestCase):
         )
 
     def test_malformedChunkLeftToDocker(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         head = (
             b"POST /build HTTP/1.1\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n\r\n"
         )
@@ -477,7 +391,7 @@ class RefusalTests(SynchronousTestCase):
 
 class TimeTests(SynchronousTestCase):
     def test_silentConnectionClosed(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.clock.advance(29)
         self.assertFalse(h.client.disconnecting)
         h.clock.advance(1)
@@ -485,13 +399,13 @@ class TimeTests(SynchronousTestCase):
         self.assertEqual(h.client.value(), b"")
 
     def test_slowHeadGets408(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(b"GET / HTTP/1.1\r\n")
         h.clock.advance(30)
         self.assertTrue(h.client.value().startswith(b"HTTP/1.1 408 "))
 
     def test_streamsNeverTimeOut(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/events"))
         h.acceptDocker()
         h.clock.advance(30)
@@ -500,7 +414,7 @@ class TimeTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_laterHeadBoundedOnceStarted(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/_ping"))
         h.acceptDocker()
         h.clock.advance(3600)
@@ -513,7 +427,7 @@ class TimeTests(SynchronousTestCase):
 
 class FlowControlTests(SynchronousTestCase):
     def test_producersRegisteredBothWays(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/events"))
         h.acceptDocker()
         self.assertTrue(h.client.streaming)
@@ -530,7 +444,7 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(h.client.producerState, "producing")
 
     def test_pauseReasonsCombine(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get())
         h.acceptDocker()
         h.dockerTransport.producer.pauseProducing()
@@ -541,7 +455,7 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(h.client.producerState, "producing")
 
     def test_stopProducingDoesNotCloseTheOtherSide(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get())
         h.acceptDocker()
         h.dockerTransport.producer.stopProducing()
@@ -559,14 +473,7 @@ class SlowCheckTests(SynchronousTestCase):
             pending.append((d, f, args))
             return d
 
-        import bcrypt
-
-        h = GateHarness(
-            self,
-            checker=BasicAuthChecker(
-                "admin", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode(), later
-            ),
-        )
+        h = GateHarness(checker=hashedChecker(later))
         h.send(get(b"/a"))
         self.assertEqual(h.client.producerState, "paused")
         h.send(get(b"/b"))
@@ -579,7 +486,7 @@ class SlowCheckTests(SynchronousTestCase):
 
 class LogTests(SynchronousTestCase):
     def test_oneEventPerRequestWithoutSecrets(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         with capturedLogs() as events:
             h.send(get(b"/_ping"))
             h.acceptDocker()
@@ -625,7 +532,7 @@ class LogTests(SynchronousTestCase):
         A target with a byte 0x85 (NEXT LINE once decoded as Latin-1) or
         U+2028's UTF-8 is logged escaped, in every field and the text.
         """
-        h = GateHarness(self)
+        h = GateHarness()
         target = b"/x\x85forged\xe2\x80\xa8y"
         with capturedLogs() as events:
             h.send(get(target))
@@ -639,12 +546,9 @@ class LogTests(SynchronousTestCase):
                 self.assertTrue(text.isascii() and text.isprintable(), repr(text))
 
 
-VIEWER = b"Authorization: Basic " + b64encode(b"viewer:look") + b"\r\n"
-
-
 class ReadOnlyTests(SynchronousTestCase):
     def test_getForwarded(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/containers/json", auth=VIEWER))
         docker = h.acceptDocker()
         self.assertEqual(docker.value(), get(b"/containers/json", auth=VIEWER))
@@ -662,7 +566,7 @@ class ReadOnlyTests(SynchronousTestCase):
             + VIEWER
             + b"\r\n",
         ]:
-            h = GateHarness(self)
+            h = GateHarness()
             h.send(request)
             answer = h.client.value()
             self.assertTrue(answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), request)
@@ -670,7 +574,7 @@ class ReadOnlyTests(SynchronousTestCase):
             self.assertEqual(h.connects, [], "nothing reached dockerd")
 
     def test_laterWriteOnSameConnectionRefused(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/info", auth=VIEWER))
         docker = h.acceptDocker()
         h.docker.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
@@ -682,33 +586,31 @@ class ReadOnlyTests(SynchronousTestCase):
 
 class HealthTests(SynchronousTestCase):
     def test_noCredentialsNoDockerData(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/_agent/health", auth=b""))
         self.assertEqual(len(h.connects), 1, "a knock on dockerd's socket")
-        protocol, d = h.connects.pop()
-        protocol.makeConnection(HalfCloseTransport())
-        d.callback(protocol)
+        h.acceptDocker()
         answer = h.client.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
         self.assertTrue(answer.endswith(b'{"status": "ok", "docker": "up"}\n'))
         self.assertTrue(h.client.writeClosed)
 
     def test_dockerDown(self) -> None:
-        h = GateHarness(self, connect="refuse")
+        h = GateHarness(connect="refuse")
         h.send(get(b"/v1.41/../_agent/health", auth=b""))
         self.assertTrue(
             h.client.value().endswith(b'{"status": "degraded", "docker": "down"}\n')
         )
 
     def test_probeRemembered(self) -> None:
-        h = GateHarness(self, connect="refuse")
+        h = GateHarness(connect="refuse")
         h.send(get(b"/_agent/health", auth=b""))
         other = h.another()
         other.send(get(b"/_agent/health", auth=b""))
         self.assertIn(b'"docker": "down"', other.client.value())
 
     def test_otherAgentPathsNeedCredentials(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/_agent/healthz", auth=b""))
         self.assertTrue(h.client.value().startswith(b"HTTP/1.1 401 "))
 
@@ -718,7 +620,7 @@ class ThrottleTests(SynchronousTestCase):
         from haven_agent.proxy.throttle import FailureThrottle
 
         clock = Clock()
-        self.h = GateHarness(self, clock=clock, throttle=FailureThrottle(clock))
+        self.h = GateHarness(clock=clock, throttle=FailureThrottle(clock))
 
     def test_repeatedFailuresDelayed(self) -> None:
         self.h.send(get(auth=BAD_AUTH))
@@ -747,7 +649,7 @@ class ThrottleTests(SynchronousTestCase):
 
 class LimitTests(SynchronousTestCase):
     def test_totalConnections(self) -> None:
-        h = GateHarness(self, limits=ConnectionLimits(maxConnections=2))
+        h = GateHarness(limits=ConnectionLimits(maxConnections=2))
         h.another()
         third = h.another()
         self.assertTrue(third.client.value().startswith(b"HTTP/1.1 503 "))
@@ -755,7 +657,7 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(h.client.disconnecting, "existing ones unaffected")
 
     def test_unauthenticatedConnections(self) -> None:
-        h = GateHarness(self, limits=ConnectionLimits(maxUnauthenticated=1))
+        h = GateHarness(limits=ConnectionLimits(maxUnauthenticated=1))
         h.send(get())
         h.acceptDocker()
         second = h.another()
@@ -770,7 +672,7 @@ class LimitTests(SynchronousTestCase):
 
 class PerUserLimitTests(SynchronousTestCase):
     def test_viewerCapLeavesRoomForAdmin(self) -> None:
-        h = GateHarness(self, limits=ConnectionLimits(maxPerUser=1))
+        h = GateHarness(limits=ConnectionLimits(maxPerUser=1))
         h.send(get(b"/_ping", auth=VIEWER))
         h.acceptDocker()
         second = h.another()
@@ -792,7 +694,7 @@ class IdleTests(SynchronousTestCase):
     """The read-only user's idle keep-alive connections are closed."""
 
     def viewer(self, path: bytes = b"/_ping") -> GateHarness:
-        h = GateHarness(self, idleTimeout=60)
+        h = GateHarness(idleTimeout=60)
         h.send(get(path, auth=VIEWER))
         h.acceptDocker()
         return h
@@ -831,21 +733,12 @@ class IdleTests(SynchronousTestCase):
             self.assertFalse(h.client.disconnecting, path)
 
     def test_adminNeverIdleClosed(self) -> None:
-        h = GateHarness(self, idleTimeout=60)
+        h = GateHarness(idleTimeout=60)
         h.send(get(b"/_ping"))
         h.acceptDocker()
         h.docker.dataReceived(ANSWER)
         h.clock.advance(3600)
         self.assertFalse(h.client.disconnecting)
-
-
-class FakeTLSTransport(HalfCloseTransport):
-    def __init__(self, certificate) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "10.0.0.9", 4321))
-        self._certificate = certificate
-
-    def getPeerCertificate(self):
-        return self._certificate
 
 
 def clientCertificate(commonName: str):
@@ -875,11 +768,7 @@ def clientCertificate(commonName: str):
 
 class CertificateAuthTests(SynchronousTestCase):
     def harness(self, mode: str, certificate) -> GateHarness:
-        h = GateHarness(self, authMode=mode)
-        h.protocol = h.factory.buildProtocol(None)
-        h.client = FakeTLSTransport(certificate)
-        h.protocol.makeConnection(h.client)
-        return h
+        return GateHarness(authMode=mode, certificate=certificate)
 
     def test_certAlone(self) -> None:
         h = self.harness("cert", clientCertificate("ops-laptop"))
@@ -911,7 +800,7 @@ class CertificateAuthTests(SynchronousTestCase):
 
 class AuditTests(SynchronousTestCase):
     def test_streamOpenAndCloseLogged(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         with capturedLogs() as events:
             h.send(b"POST /exec/e/start HTTP/1.1\r\n" + AUTH + b"Upgrade: tcp\r\n\r\n")
             h.acceptDocker()
@@ -928,7 +817,7 @@ class AuditTests(SynchronousTestCase):
 
 class ShutdownTests(SynchronousTestCase):
     def test_graceThenClose(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/events"))
         h.acceptDocker()
         idle = h.another()
@@ -943,7 +832,7 @@ class ShutdownTests(SynchronousTestCase):
         self.successResultOf(done)
 
     def test_closedStreamLoggedAsSuch(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.send(get(b"/events"))
         h.acceptDocker()
         with capturedLogs() as events:
@@ -952,6 +841,6 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual(outcomes, ["closed by the agent, stopping"])
 
     def test_nothingOpen(self) -> None:
-        h = GateHarness(self)
+        h = GateHarness()
         h.protocol.connectionLost(None)
         self.successResultOf(h.factory.closeAll(grace=5))

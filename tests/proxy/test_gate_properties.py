@@ -10,8 +10,10 @@ duplicated and huge values added, and are cut into random pieces.
 
 The gate runs over in-memory transports and a C{Clock}, in front of a fake
 dockerd that parses what it is sent, answers the way dockerd does, and
-checks that every request reaching it was authorised. The expected answer to
-what the gate did not forward is worked out with the head parser alone.
+checks that every request reaching it was authorised (all in
+L{tests.proxy.gate_harness}, which L{tests.proxy.test_gate} shares). The
+expected answer to what the gate did not forward is worked out with the head
+parser alone.
 """
 
 from __future__ import annotations
@@ -20,26 +22,27 @@ import itertools
 import json
 import re
 import tracemalloc
-from base64 import b64encode
 
-import bcrypt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
-from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
-from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.http_head import MAX_HEAD_BYTES, HeadError, HeadReader
 from tests.fake_dockerd import UPGRADED
+from tests.proxy.gate_harness import (
+    AUTH,
+    BAD_AUTH,
+    HEAD_TIMEOUT,
+    HEALTH_PATH,
+    IDLE_TIMEOUT,
+    LINGER,
+    READ_METHODS,
+    VIEWER,
+    GateHarness,
+    user_of,
+)
 
 PROPERTY = settings(
     max_examples=150,
@@ -49,56 +52,14 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-HEALTH_PATH = b"/_agent/health"
-READ_METHODS = (b"GET", b"HEAD")
-HEAD_TIMEOUT = 30.0
-LINGER = 2.0
-IDLE_TIMEOUT = 60.0
-
-
-def basic(credentials: bytes) -> bytes:
-    return b"Authorization: Basic " + b64encode(credentials) + b"\r\n"
-
-
 CREDENTIALS = {
-    "admin": basic(b"admin:pw"),
-    "viewer": basic(b"viewer:ro"),
-    "wrong": basic(b"admin:nope"),
+    "admin": AUTH,
+    "viewer": VIEWER,
+    "wrong": BAD_AUTH,
     "none": b"",
     "garbled": b"Authorization: Basic %%%\r\n",
     "bearer": b"Authorization: Bearer abc\r\n",
 }
-
-
-def checker() -> BasicAuthChecker:
-    return BasicAuthChecker(
-        "admin", "pw", lambda f, *a: succeed(f(*a)), readOnly=("viewer", "ro")
-    )
-
-
-HASHES = {
-    secret: bcrypt.hashpw(secret, bcrypt.gensalt(4)).decode()
-    for secret in (b"pw", b"ro")
-}
-
-
-def hashed_checker(clock: Clock) -> BasicAuthChecker:
-    """
-    The same accounts with bcrypt hashes, checked "in a thread" that
-    answers on the next turn of C{clock}: decisions take time.
-    """
-    return BasicAuthChecker(
-        "admin",
-        HASHES[b"pw"],
-        lambda f, *a: deferLater(clock, 0, f, *a),
-        readOnly=("viewer", HASHES[b"ro"]),
-    )
-
-
-def user_of(check: BasicAuthChecker, head) -> str | None:
-    results = []
-    check.check(head.first(b"authorization")).addCallback(results.append)
-    return results[0]
 
 
 # Requests, and ways to break them
@@ -366,362 +327,12 @@ class ParserPropertyTests(SynchronousTestCase):
 # The gate in front of a fake dockerd
 
 
-class ClientSide(StringTransport):
+def new_world(connect: str = "answer", **options) -> GateHarness:
     """
-    The client's connection as the gate sees it: half-closes are recorded,
-    a close is reported to the protocol as the reactor would, later.
+    The gate in front of an answering dockerd (see L{GateHarness}), with
+    closes reported on the next turn of the clock, as the reactor would.
     """
-
-    def __init__(self, world: World) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
-        self.world = world
-        self.protocol = None
-        self.writeClosed = False
-        self.lost = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        if self.writeClosed or self.lost:
-            self.world.problem(f"write to the client after closing: {data[:60]!r}")
-        super().write(data)
-
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-    def loseConnection(self) -> None:
-        if not self.disconnecting:
-            self.disconnecting = True
-            self.world.clock.callLater(0, self.connectionLost)
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        self.loseConnection()
-
-    def unregisterProducer(self) -> None:
-        # Like Twisted's transports, not StringTransport: no producer is fine.
-        self.producer = None
-        self.streaming = None
-
-    def connectionLost(self) -> None:
-        if not self.lost:
-            self.lost = True
-            self.protocol.connectionLost(Failure(ConnectionDone()))
-
-
-class DockerSide(ClientSide):
-    """
-    One connection the gate opened to dockerd; remembers when each write
-    happened relative to dockerd's answers.
-    """
-
-    def __init__(self, world: World) -> None:
-        super().__init__(world)
-        self.writes: list[tuple[int, int]] = []
-
-    def write(self, data: bytes) -> None:
-        if self.writeClosed or self.disconnecting:
-            self.world.problem(f"write to dockerd after closing: {data[:60]!r}")
-        self.writes.append((len(self.value()), self.world.deliveries))
-        StringTransport.write(self, data)
-
-    def deliveriesBefore(self, offset: int) -> int:
-        """
-        How many answers dockerd had sent when the byte at C{offset} was
-        written to it.
-        """
-        count = 0
-        for start, deliveries in self.writes:
-            if start > offset:
-                break
-            count = deliveries
-        return count
-
-
-OK_ANSWER = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    b"Content-Length: 2\r\n\r\n{}"
-)
-HEAD_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-NOT_FOUND = (
-    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-    b'Content-Length: 28\r\n\r\n{"message":"No such thing"}\n'
-)
-BAD_BODY = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"
-
-
-class FakeDockerd:
-    """
-    dockerd behind the gate: parses the requests it gets, checks each was
-    authorised, and answers them in order once every request it has is
-    complete (so an answer never arrives between two pipelined requests'
-    answers). Attach and exec start are hijacked (101) or refused (404) as
-    the test chooses; pipelined ones are always hijacked, which is what the
-    gate then takes as given.
-    """
-
-    def __init__(self, world: World, protocol) -> None:
-        self.world = world
-        self.protocol = protocol
-        self.transport = DockerSide(world)
-        self.transport.protocol = protocol
-        self.reader = HeadReader()
-        self.head = None
-        self.body = None
-        self.mode = "http"
-        self.seen = 0
-        self.heads: list[int] = []  # offsets where forwarded heads start
-        self.answers: list[bytes] = []
-        self.hijackNext = False
-        self.readClosed = False
-        self.delivered = 0
-        self.sent = b""
-
-    def step(self) -> bool:
-        if self.transport.lost or self.readClosed:
-            return False
-        received = self.transport.value()
-        if received and self.delivered >= self.world.dockerdDies >= 0:
-            self.die()
-            return True
-        # One thing at a time: what the gate does in reply may change what
-        # comes next.
-        if len(received) > self.seen:
-            data, start = received[self.seen :], self.seen
-            self.seen = len(received)
-            self._parse(data, start)
-        elif self.mode == "broken":
-            self._deliverRaw(b"".join(self.answers) + BAD_BODY)
-            self._close()
-        elif self.answers and (self.body is None or self.transport.writeClosed):
-            self._deliver()
-        elif self.transport.writeClosed:
-            # dockerd answers what it can, then closes: at the end of the
-            # input, or after a body it cannot read.
-            self._close()
-        else:
-            return False
-        return True
-
-    def _close(self) -> None:
-        self.readClosed = True
-        if IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.readConnectionLost()
-        else:
-            self.transport.loseConnection()
-
-    def die(self) -> None:
-        """
-        dockerd goes away (restarted): its end of the connection closes.
-        """
-        self.mode = "dead"
-        self.world.died = True
-        self.readClosed = True
-        self.protocol.readConnectionLost()
-        self.transport.loseConnection()
-
-    def _deliver(self) -> None:
-        answers, self.answers = b"".join(self.answers), []
-        if self.hijackNext:
-            self.mode = "raw"
-        self._deliverRaw(answers)
-
-    def _deliverRaw(self, data: bytes) -> None:
-        self.answers = []
-        self.world.deliveries += 1
-        self.delivered += 1
-        self.sent += data
-        self.world.dockerSent += data
-        self.protocol.dataReceived(data)
-
-    def _parse(self, data: bytes, start: int) -> None:
-        position = 0
-        while position < len(data) and self.mode == "http" and not self.hijackNext:
-            if self.body is not None:
-                try:
-                    end = self.body.feed(data, position)
-                except FramingError:
-                    self.mode = "broken"
-                    return
-                position = end
-                if self.body.done:
-                    self.body = None
-                    self._answer()
-                continue
-            try:
-                head, rest = self.reader.feed(data[position:])
-            except HeadError as error:
-                self.world.problem(f"dockerd got a bad head: {error.message}")
-                self.mode = "raw"
-                return
-            if head is None:
-                return
-            position = len(data) - len(rest)
-            self._request(head, start + position - len(head.raw))
-
-    def _request(self, head, offset: int) -> None:
-        world = self.world
-        self.heads.append(offset)
-        try:
-            framing = head.framing
-        except HeadError as error:
-            world.problem(f"dockerd got bad framing: {error.message}")
-            self.mode = "raw"
-            return
-        if head.method in READ_METHODS and head.path == HEALTH_PATH:
-            world.problem("a health check reached dockerd")
-        user = user_of(world.checker, head)
-        if user is None:
-            world.problem(f"an unauthorised request reached dockerd: {head.raw!r}")
-        elif world.checker.isReadOnly(user) and (
-            head.method not in READ_METHODS or head.hijacks
-        ):
-            world.problem(f"a read-only user's write reached dockerd: {head.raw!r}")
-        self.head = head
-        if framing.chunked:
-            self.body = ChunkedBody()
-        elif framing.length:
-            self.body = LengthBody(framing.length)
-        else:
-            self._answer()
-
-    def _answer(self) -> None:
-        head = self.head
-        if not head.hijacks:
-            self.answers.append(HEAD_ANSWER if head.method == b"HEAD" else OK_ANSWER)
-            return
-        previous = self.heads[-2] if len(self.heads) > 1 else None
-        current = self.heads[-1]
-        pipelined = previous is not None and self.transport.deliveriesBefore(
-            previous
-        ) == self.transport.deliveriesBefore(current)
-        if pipelined or self.world.nextHijack():
-            self.answers.append(UPGRADED)
-            self.hijackNext = True
-        else:
-            self.answers.append(NOT_FOUND)
-
-
-class World:
-    """
-    A gate, its client, and the dockerd connections it opens.
-    """
-
-    def __init__(
-        self, hijacks: list[bool], slow: bool = False, dockerdDies: int = -1
-    ) -> None:
-        """
-        @param slow: password checks (bcrypt "in a thread") and connecting
-            to dockerd take a turn of the clock rather than none.
-        """
-        self.clock = Clock()
-        self.slow = slow
-        self.unreachable = False
-        # What is expected is worked out with the plain, synchronous checker.
-        self.checker = checker()
-        self.dockerdDies = dockerdDies
-        self.problems: list[str] = []
-        self.deliveries = 0
-        self.dockerSent = b""
-        self.dockerds: list[FakeDockerd] = []
-        self._hijacks = iter(hijacks)
-        self.factory = GateFactory(
-            checker=hashed_checker(self.clock) if slow else self.checker,
-            connectDocker=self._connect,
-            dockerDescription="unix:/var/run/docker.sock",
-            clock=self.clock,
-            firstHeadTimeout=HEAD_TIMEOUT,
-            nextHeadTimeout=HEAD_TIMEOUT,
-            lingerTimeout=LINGER,
-        )
-        self.client = ClientSide(self)
-        self.protocol = self.factory.buildProtocol(self.client.getPeer())
-        self.client.protocol = self.protocol
-        self.sent = b""
-        self.eof = False
-        self.died = False
-        self.protocol.makeConnection(self.client)
-
-    def problem(self, text: str) -> None:
-        self.problems.append(text)
-
-    def nextHijack(self) -> bool:
-        return next(self._hijacks, True)
-
-    def _connect(self, protocol):
-        if self.unreachable:
-            return fail(ConnectionRefusedError("Connection refused"))
-        if self.slow:
-            return deferLater(self.clock, 0, self._connected, protocol)
-        return succeed(self._connected(protocol))
-
-    def _connected(self, protocol):
-        dockerd = FakeDockerd(self, protocol)
-        self.dockerds.append(dockerd)
-        protocol.makeConnection(dockerd.transport)
-        return protocol
-
-    @property
-    def dockerd(self) -> FakeDockerd | None:
-        """
-        The dockerd connection requests went to (health probes send none).
-        """
-        used = [d for d in self.dockerds if d.transport.value()]
-        assert len(used) <= 1, "one dockerd connection per client connection"
-        return used[0] if used else None
-
-    @property
-    def forwarded(self) -> bytes:
-        dockerd = self.dockerd
-        return dockerd.transport.value() if dockerd is not None else b""
-
-    def send(self, data: bytes) -> bool:
-        """
-        Deliver C{data} unless the connection is gone; say if it was.
-        """
-        if self.client.lost or self.eof:
-            return False
-        self.sent += data
-        self.protocol.dataReceived(data)
-        return True
-
-    def endInput(self) -> None:
-        if not self.client.lost and not self.eof:
-            self.eof = True
-            self.protocol.readConnectionLost()
-
-    def pump(self) -> None:
-        for _ in range(10_000):
-            progressed = False
-            if any(
-                call.getTime() <= self.clock.seconds()
-                for call in self.clock.getDelayedCalls()
-            ):
-                self.clock.advance(0)
-                progressed = True
-            for dockerd in list(self.dockerds):
-                progressed = dockerd.step() or progressed
-            if not progressed:
-                return
-        raise AssertionError("the gate and dockerd never settle")
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self.pump()
-
-    def outcome(self) -> tuple:
-        """
-        What can be seen from outside, for comparing runs.
-        """
-        dockerd = self.dockerd
-        return (
-            self.client.value(),
-            self.forwarded,
-            self.client.writeClosed,
-            self.client.disconnecting,
-            dockerd.mode if dockerd else None,
-            dockerd.transport.writeClosed if dockerd else None,
-            len(self.clock.getDelayedCalls()),
-        )
+    return GateHarness(connect, closeLater=True, **options)
 
 
 RESPONSE = re.compile(
@@ -772,7 +383,7 @@ def walk(sent: bytes, forwarded: bytes, heads: list[int]) -> int:
     return position
 
 
-def judge(world: World, rest: bytes) -> tuple[str, int | None]:
+def judge(world: GateHarness, rest: bytes) -> tuple[str, int | None]:
     """
     What the gate should do about the bytes it did not forward: refuse them
     with a status, answer a health check, wait for more, or forward them.
@@ -808,13 +419,13 @@ def run_gate(
     slow: bool = False,
     dockerdDies: int = -1,
     heedPauses: bool = False,
-) -> World:
+) -> GateHarness:
     """
     Send C{chunks}, letting dockerd and the clock catch up after each one
     (C{pumpEach}) or only at the end; stop sending while the gate has paused
     the client (C{heedPauses}) as a real transport would.
     """
-    world = World(hijacks, slow, dockerdDies)
+    world = new_world(hijacks=hijacks, slow=slow, dockerdDies=dockerdDies)
     for chunk in chunks:
         if heedPauses and world.client.producerState == "paused":
             world.pump()
@@ -832,7 +443,7 @@ def run_gate(
 
 
 class GatePropertyTests(SynchronousTestCase):
-    def check(self, world: World, events: list) -> None:
+    def check(self, world: GateHarness, events: list) -> None:
         """
         The gate's state after its input is one of: forwarding complete,
         authorised requests; one answer of its own, then closing; or
@@ -920,7 +531,7 @@ class GatePropertyTests(SynchronousTestCase):
             self.assertEqual(world.outcome(), before, "idle keep-alive stays open")
 
     @staticmethod
-    def readOnlyConnection(world: World) -> bool:
+    def readOnlyConnection(world: GateHarness) -> bool:
         """
         Did the connection's first forwarded request come from the
         read-only account?
@@ -990,8 +601,7 @@ class GatePropertyTests(SynchronousTestCase):
         Without dockerd, the first request the gate would forward gets a
         502 instead; whatever it would refuse still gets its own answer.
         """
-        world = World([])
-        world.unreachable = True
+        world = new_world("refuse")
         with capturedLogs() as events:
             for chunk in data.draw(chunkings(stream)):
                 world.send(chunk)
@@ -1044,10 +654,10 @@ class GatePropertyTests(SynchronousTestCase):
 
 
 class MemoryTests(SynchronousTestCase):
-    def feedUntilAnswered(self, world: World, garbage: bytes, piece: int) -> int:
+    def feedUntilAnswered(self, world: GateHarness, garbage: bytes, piece: int) -> int:
         fed = 0
         while fed < len(garbage) and not world.client.value()[len(world.dockerSent) :]:
-            # Straight to the protocol: World.send would keep a copy.
+            # Straight to the protocol: GateHarness.send keeps a copy.
             world.protocol.dataReceived(garbage[fed : fed + piece])
             world.pump()
             fed += piece
@@ -1062,7 +672,7 @@ class MemoryTests(SynchronousTestCase):
         for prefix in [b"", b"GET /info HTTP/1.1\r\n" + CREDENTIALS["admin"]]:
             for piece in [1000, 4096, 65536]:
                 garbage = prefix + noise
-                world = World([])
+                world = new_world()
                 tracemalloc.start()
                 try:
                     baseline = tracemalloc.get_traced_memory()[0]
@@ -1082,7 +692,7 @@ class MemoryTests(SynchronousTestCase):
         After an authorised request, an endless next head is refused the
         same way, once dockerd has finished answering.
         """
-        world = World([])
+        world = new_world()
         world.send(request(CREDENTIALS["admin"], "info"))
         world.pump()
         garbage = b"GET /info HTTP/1.1\r\nX: " + b"y" * (1 << 20)
@@ -1106,7 +716,7 @@ class RegressionTests(SynchronousTestCase):
         a stream answering the request (C{/events}, C{logs -f}, a build's
         output) is cut after 30 seconds.
         """
-        world = World([])
+        world = new_world()
         world.send(request(CREDENTIALS["admin"], "info") + b"\r\n")
         dockerd = world.dockerd
         # dockerd streams its answer (not pumped: the fake would complete it).
@@ -1128,7 +738,7 @@ class RegressionTests(SynchronousTestCase):
         (then refused with a 408 into the raw stream).
         """
         admin = CREDENTIALS["admin"]
-        world = World([])
+        world = new_world()
         ping = b"GET /_ping HTTP/1.1\r\n" + admin + b"\r\n"
         wait = (
             b"POST /containers/c/wait HTTP/1.1\r\n"
