@@ -167,7 +167,7 @@ class AnswerFramer:
                     position = self._readHead(data, position, events)
             elif state is _State.CHUNKED:
                 try:
-                    position = self._chunks.feed(data, position)  # type: ignore[union-attr]
+                    position = self._chunks.endIn(data, position)  # type: ignore[union-attr]
                 except FramingError as error:
                     self._broken(
                         error.end, f"malformed chunked answer: {error}", events

@@ -42,7 +42,7 @@ class LengthBody:
     def done(self) -> bool:
         return self._remaining == 0
 
-    def feed(self, data: bytes, start: int = 0) -> int:
+    def endIn(self, data: bytes, start: int = 0) -> int:
         """
         Consume body bytes from C{data[start:]}; return where the body ends
         in C{data}, or C{len(data)} when it goes on.
@@ -71,7 +71,7 @@ class ChunkedBody:
     def done(self) -> bool:
         return self._state == _DONE
 
-    def feed(self, data: bytes, start: int = 0) -> int:
+    def endIn(self, data: bytes, start: int = 0) -> int:
         """
         Consume body bytes from C{data[start:]}; return where the body ends
         in C{data}, or C{len(data)} when it goes on.

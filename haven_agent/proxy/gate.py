@@ -361,7 +361,7 @@ class GateProtocol(Protocol):
             # starting and cancelling one per request is wasted work.
             timeNextHead = not self._reader.started and self._requests
             try:
-                head, data = self._reader.feed(data)
+                head, data = self._reader.headAndRest(data)
             except HeadError as error:
                 self._refuse(error.status, error.message, None, None)
                 return
@@ -387,7 +387,7 @@ class GateProtocol(Protocol):
         Forward the body bytes at the start of C{data}; return the rest.
         """
         try:
-            end = self._body.feed(data)
+            end = self._body.endIn(data)
         except FramingError as error:
             self._toDocker(data[: error.end])
             self._malformedBody(error.message)

@@ -291,7 +291,7 @@ class HeadReader:
         """
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> tuple[RequestHead | None, bytes]:
+    def headAndRest(self, data: bytes) -> tuple[RequestHead | None, bytes]:
         """
         Add C{data}; return the head once complete, with the bytes after it.
 

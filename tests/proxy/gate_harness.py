@@ -303,7 +303,7 @@ class AnsweringDockerd:
         while position < len(data) and self.mode == "http" and not self.hijackNext:
             if self.body is not None:
                 try:
-                    end = self.body.feed(data, position)
+                    end = self.body.endIn(data, position)
                 except FramingError:
                     self.mode = "broken"
                     return
@@ -313,7 +313,7 @@ class AnsweringDockerd:
                     self._answer()
                 continue
             try:
-                head, rest = self.reader.feed(data[position:])
+                head, rest = self.reader.headAndRest(data[position:])
             except HeadError as error:
                 self.harness.problem(f"dockerd got a bad head: {error.message}")
                 self.mode = "raw"

@@ -18,14 +18,14 @@ CHUNKED = b"5\r\nhello\r\n1a;ext=1\r\n" + b"x" * 26 + b"\r\n0\r\nTrailer: t\r\n\
 class LengthBodyTests(SynchronousTestCase):
     def test_splitAcrossFeeds(self) -> None:
         body = LengthBody(10)
-        self.assertEqual(body.feed(b"abcd"), 4)
+        self.assertEqual(body.endIn(b"abcd"), 4)
         self.assertFalse(body.done)
-        self.assertEqual(body.feed(b"efghijNEXT"), 6)
+        self.assertEqual(body.endIn(b"efghijNEXT"), 6)
         self.assertTrue(body.done)
 
     def test_start(self) -> None:
         body = LengthBody(2)
-        self.assertEqual(body.feed(b"XXab", 2), 4)
+        self.assertEqual(body.endIn(b"XXab", 2), 4)
         self.assertTrue(body.done)
 
     def test_empty(self) -> None:
@@ -35,42 +35,42 @@ class LengthBodyTests(SynchronousTestCase):
 class ChunkedBodyTests(SynchronousTestCase):
     def test_wholeBody(self) -> None:
         body = ChunkedBody()
-        self.assertEqual(body.feed(CHUNKED + b"GET /"), len(CHUNKED))
+        self.assertEqual(body.endIn(CHUNKED + b"GET /"), len(CHUNKED))
         self.assertTrue(body.done)
 
     def test_byteByByte(self) -> None:
         body = ChunkedBody()
         for i, byte in enumerate(CHUNKED):
             self.assertFalse(body.done, i)
-            self.assertEqual(body.feed(bytes([byte])), 1)
+            self.assertEqual(body.endIn(bytes([byte])), 1)
         self.assertTrue(body.done)
-        self.assertEqual(body.feed(b"next"), 0)
+        self.assertEqual(body.endIn(b"next"), 0)
 
     def test_everySplit(self) -> None:
         stream = CHUNKED + b"NEXT"
         for split in range(len(CHUNKED) + 1):
             body = ChunkedBody()
-            first = body.feed(stream[:split])
+            first = body.endIn(stream[:split])
             self.assertEqual(first, split)
-            end = body.feed(stream, split)
+            end = body.endIn(stream, split)
             self.assertEqual(end, len(CHUNKED), split)
             self.assertTrue(body.done)
 
     def test_bareLineFeedsAndUpperHex(self) -> None:
         raw = b"A\n0123456789\n0\n\n"
         body = ChunkedBody()
-        self.assertEqual(body.feed(raw + b"Z"), len(raw))
+        self.assertEqual(body.endIn(raw + b"Z"), len(raw))
         self.assertTrue(body.done)
 
     def test_largeChunkCounted(self) -> None:
         body = ChunkedBody()
         size = 50 * 1024 * 1024
-        body.feed(b"%x\r\n" % size)
+        body.endIn(b"%x\r\n" % size)
         piece = b"\0" * (1 << 20)
         for _ in range(50):
-            self.assertEqual(body.feed(piece), len(piece))
+            self.assertEqual(body.endIn(piece), len(piece))
         self.assertFalse(body.done)
-        self.assertEqual(body.feed(b"\r\n0\r\n\r\n"), 7)
+        self.assertEqual(body.endIn(b"\r\n0\r\n\r\n"), 7)
         self.assertTrue(body.done)
 
     def test_malformed(self) -> None:
@@ -84,25 +84,25 @@ class ChunkedBodyTests(SynchronousTestCase):
             b"1234567890abcdef0\r\n",
         ]:
             with self.assertRaises(FramingError, msg=raw):
-                ChunkedBody().feed(raw)
+                ChunkedBody().endIn(raw)
 
     def test_errorPosition(self) -> None:
         with self.assertRaises(FramingError) as caught:
-            ChunkedBody().feed(b"5\r\nhelloXX\r\nrest")
+            ChunkedBody().endIn(b"5\r\nhelloXX\r\nrest")
         self.assertEqual(caught.exception.end, len(b"5\r\nhelloXX\r\n"))
 
     def test_sizeLineBounded(self) -> None:
         body = ChunkedBody()
-        body.feed(b"5;" + b"e" * (MAX_CHUNK_LINE - 2))
+        body.endIn(b"5;" + b"e" * (MAX_CHUNK_LINE - 2))
         with self.assertRaises(FramingError):
-            body.feed(b"e" * 10)
+            body.endIn(b"e" * 10)
 
     def test_trailersBounded(self) -> None:
         body = ChunkedBody()
-        body.feed(b"0\r\n")
+        body.endIn(b"0\r\n")
         with self.assertRaises(FramingError):
             for _ in range(100):
-                body.feed(b"X-T: " + b"t" * 1000 + b"\r\n")
+                body.endIn(b"X-T: " + b"t" * 1000 + b"\r\n")
 
     def test_overlongLineRefusedAtTheSameOffsetHoweverCut(self) -> None:
         """
@@ -115,7 +115,7 @@ class ChunkedBodyTests(SynchronousTestCase):
             body, pieceStart = ChunkedBody(), 0
             with self.assertRaises(FramingError) as caught:
                 for piece in (stream[:cut], stream[cut:]):
-                    body.feed(piece)
+                    body.endIn(piece)
                     pieceStart += len(piece)
             offsets.add(pieceStart + caught.exception.end)
         self.assertEqual(offsets, {MAX_CHUNK_LINE + 1})

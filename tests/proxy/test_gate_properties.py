@@ -240,7 +240,7 @@ def split_stream(chunks: list[bytes], limit: int = MAX_HEAD_BYTES) -> list[tuple
         while data:
             if body is not None:
                 try:
-                    end = body.feed(data)
+                    end = body.endIn(data)
                 except FramingError as error:
                     found.append(("bad body", error.message, base + error.end))
                     return found
@@ -253,7 +253,7 @@ def split_stream(chunks: list[bytes], limit: int = MAX_HEAD_BYTES) -> list[tuple
                 continue
             before = reader.started
             try:
-                head, rest = reader.feed(data)
+                head, rest = reader.headAndRest(data)
             except HeadError as error:
                 assert error.status in (400, 431), error.status
                 found.append(("bad head", error.status, error.message))
@@ -319,7 +319,7 @@ class ParserPropertyTests(SynchronousTestCase):
         fed = 0
         with self.assertRaises(FramingError):
             for _ in range(256):
-                body.feed(b"f" * 4096)
+                body.endIn(b"f" * 4096)
                 fed += 4096
         self.assertLessEqual(fed, 2 * 4096)
 
@@ -390,7 +390,7 @@ def judge(world: GateHarness, rest: bytes) -> tuple[str, int | None]:
     """
     reader = HeadReader()
     try:
-        head, _ = reader.feed(rest)
+        head, _ = reader.headAndRest(rest)
     except HeadError as error:
         return "refuse", error.status
     if head is None:
@@ -539,7 +539,7 @@ class GatePropertyTests(SynchronousTestCase):
         dockerd = world.dockerd
         if dockerd is None or not dockerd.heads:
             return False
-        head, _ = HeadReader().feed(world.forwarded[dockerd.heads[0] :])
+        head, _ = HeadReader().headAndRest(world.forwarded[dockerd.heads[0] :])
         return head is not None and user_of(world.checker, head) == "viewer"
 
     @PROPERTY

@@ -21,7 +21,7 @@ def head(text: bytes) -> bytes:
 class HeadReaderTests(SynchronousTestCase):
     def test_completeHeadAndRest(self) -> None:
         raw = head(b"GET /info HTTP/1.1\nHost: docker\n\n")
-        parsed, rest = HeadReader().feed(raw + b"BODY")
+        parsed, rest = HeadReader().headAndRest(raw + b"BODY")
         self.assertEqual(parsed.raw, raw)
         self.assertEqual(rest, b"BODY")
         self.assertEqual((parsed.method, parsed.target), (b"GET", b"/info"))
@@ -30,41 +30,41 @@ class HeadReaderTests(SynchronousTestCase):
         raw = head(b"POST /v1.41/containers/create HTTP/1.1\nContent-Length: 2\n\n")
         reader = HeadReader()
         for i in range(len(raw) - 1):
-            parsed, rest = reader.feed(raw[i : i + 1])
+            parsed, rest = reader.headAndRest(raw[i : i + 1])
             self.assertIsNone(parsed)
             self.assertTrue(reader.started)
-        parsed, rest = reader.feed(raw[-1:] + b"{}")
+        parsed, rest = reader.headAndRest(raw[-1:] + b"{}")
         self.assertEqual(parsed.raw, raw)
         self.assertEqual(rest, b"{}")
         self.assertFalse(reader.started)
 
     def test_bareLineFeeds(self) -> None:
-        parsed, rest = HeadReader().feed(b"GET / HTTP/1.0\nA: b\n\nX")
+        parsed, rest = HeadReader().headAndRest(b"GET / HTTP/1.0\nA: b\n\nX")
         self.assertEqual(parsed.headers, ((b"a", b"b"),))
         self.assertEqual(rest, b"X")
 
     def test_leadingEmptyLinesDropped(self) -> None:
-        parsed, _ = HeadReader().feed(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        parsed, _ = HeadReader().headAndRest(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")
         self.assertEqual(parsed.raw, b"GET / HTTP/1.1\r\n\r\n")
 
     def test_tooLarge(self) -> None:
         reader = HeadReader()
-        reader.feed(b"GET / HTTP/1.1\r\n")
+        reader.headAndRest(b"GET / HTTP/1.1\r\n")
         with self.assertRaises(HeadError) as caught:
-            reader.feed(b"X-Big: " + b"a" * MAX_HEAD_BYTES)
+            reader.headAndRest(b"X-Big: " + b"a" * MAX_HEAD_BYTES)
         self.assertEqual(caught.exception.status, 431)
 
     def test_completeButTooLarge(self) -> None:
         raw = b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n"
         with self.assertRaises(HeadError) as caught:
-            HeadReader().feed(raw)
+            HeadReader().headAndRest(raw)
         self.assertEqual(caught.exception.status, 431)
 
     def test_exactlyAtLimit(self) -> None:
         prefix = b"GET / HTTP/1.1\r\nX: "
         raw = prefix + b"a" * (MAX_HEAD_BYTES - len(prefix) - 4) + b"\r\n\r\n"
         self.assertEqual(len(raw), MAX_HEAD_BYTES)
-        parsed, _ = HeadReader().feed(raw)
+        parsed, _ = HeadReader().headAndRest(raw)
         self.assertEqual(parsed.raw, raw)
 
 
