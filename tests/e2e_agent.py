@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,10 +36,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tests import pki
 from tests.realdockerd import clean_docker_env
 
+__all__ = [
+    "AgentProcess",
+    "AgentStartError",
+    "CHECKOUT_ROOT",
+    "make_test_pki",
+    "popen_until_cleanup",
+    "read_until_closed",
+]
+
 #: The organisation of the test CAs' names.
 ORGANIZATION = "haven-agent tests"
-
-__all__ = ["AgentProcess", "AgentStartError", "CHECKOUT_ROOT", "make_test_pki"]
 
 #: The directory holding `haven_agent/` and `twisted/plugins/`.
 CHECKOUT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +82,10 @@ def make_test_pki(directory: str) -> tuple[str, str, str]:
     EC P-256 keys.  Returns (ca_path, cert_path, key_path).
     """
     ca_key, ca_cert = pki.make_ca(
-        "haven-agent test CA", organization=ORGANIZATION, path_length=0
+        "haven-agent test CA",
+        organization=ORGANIZATION,
+        path_length=0,
+        key_usage=True,
     )
     key, cert = pki.issue(
         (ca_key, ca_cert),
@@ -115,6 +126,42 @@ def kill_process(proc: subprocess.Popen) -> None:
             pipe.close()
 
 
+def popen_until_cleanup(
+    test: unittest.TestCase, argv: list[str], env: dict[str, str]
+) -> subprocess.Popen:
+    """
+    Start a client such as `docker events` with its output piped for the
+    test to read; it is killed when the test cleans up, since a stream does
+    not end by itself.
+    """
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    test.addCleanup(kill_process, proc)
+    return proc
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """
+    All a raw connection receives until the agent closes it; a reset or a
+    TLS error ends it like a close (the agent resets after what it refuses),
+    a timeout (a hang) propagates.
+    """
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -124,6 +171,24 @@ def free_port() -> int:
 def basic_auth(user: str, password: str) -> str:
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
+
+
+def _size_or_zero(path: str) -> int:
+    """The size of an output file, 0 while the agent has not written it."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _text_from(path: str, offset: int) -> str:
+    """An output file's text from byte C{offset} on, "" while it is missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
@@ -245,6 +310,20 @@ class AgentProcess:
             f"within {START_TIMEOUT:.0f} s (last error: {last_error!r})\n{self.logs()}"
         )
 
+    def tcp_socket(
+        self, source: str | None = None, timeout: float = 10.0
+    ) -> socket.socket:
+        """
+        A plain TCP connection to the agent's TLS port, for tests of what
+        arrives there that is not TLS: from the local address C{source}
+        (another loopback address is another client). The caller closes it.
+        """
+        return socket.create_connection(
+            ("127.0.0.1", self.port),
+            timeout=timeout,
+            source_address=(source, 0) if source is not None else None,
+        )
+
     def tls_socket(
         self,
         alpn: list[str] | None = None,
@@ -259,11 +338,7 @@ class AgentProcess:
         ctx = ssl.create_default_context(cafile=self.ca_path)
         if alpn:
             ctx.set_alpn_protocols(alpn)
-        raw = socket.create_connection(
-            ("127.0.0.1", self.port),
-            timeout=timeout,
-            source_address=(source, 0) if source is not None else None,
-        )
+        raw = self.tcp_socket(source, timeout)
         try:
             return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
         except BaseException:
@@ -288,19 +363,11 @@ class AgentProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_size(self) -> int:
-        try:
-            return os.path.getsize(self.log_path)
-        except OSError:
-            return 0
+        return _size_or_zero(self.log_path)
 
     def read_log(self, offset: int = 0) -> str:
         """The agent's twistd log from byte `offset` on."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return _text_from(self.log_path, offset)
 
     def logs(self) -> str:
         parts = []
@@ -405,18 +472,10 @@ class AgentProcess:
     def read_stdio(self, offset: int = 0) -> str:
         """The agent's stdout/stderr from byte `offset` on (JSON log lines go
         there with --log-format json)."""
-        try:
-            with open(self.stdio_path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return _text_from(self.stdio_path, offset)
 
     def stdio_size(self) -> int:
-        try:
-            return os.path.getsize(self.stdio_path)
-        except OSError:
-            return 0
+        return _size_or_zero(self.stdio_path)
 
     def cli_env_and_args_as(
         self,
@@ -478,7 +537,9 @@ def make_ca(
     Returns (ca_cert_path, ca_key_path); file names are derived from `name`
     so several CAs can share a directory.
     """
-    key, cert = pki.make_ca(name, organization=ORGANIZATION, path_length=0)
+    key, cert = pki.make_ca(
+        name, organization=ORGANIZATION, path_length=0, key_usage=True
+    )
     stem = "".join(c if c.isalnum() else "-" for c in name)
     cert_path = os.path.join(directory, f"{stem}-ca.pem")
     key_path = os.path.join(directory, f"{stem}-ca-key.pem")

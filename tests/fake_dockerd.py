@@ -75,6 +75,8 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
 __all__ = [
+    "LEGACY_HIJACKED",
+    "UPGRADED",
     "FakeDockerdFactory",
     "FakeDockerdProtocol",
     "FakeRequest",

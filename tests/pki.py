@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.tls.test_certificates,tests.tls.test_reload -*-
 """
 A throw-away PKI for the tests, built with cryptography (EC P-256): CAs,
 server and client certificates, and their PEM encodings.
@@ -34,12 +35,17 @@ def subject(common_names: Sequence[str], organization: str | None = None) -> x50
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-256 key: small and quick to make, and what the agent makes."""
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _validity(
     builder: x509.CertificateBuilder, not_after: datetime.datetime | None
 ) -> x509.CertificateBuilder:
+    """
+    Valid from a day before now (or before C{not_after}, for a certificate
+    that has already expired), so clock skew cannot make it not yet valid.
+    """
     now = datetime.datetime.now(datetime.UTC)
     if not_after is None:
         not_after = now + datetime.timedelta(days=90)
@@ -49,6 +55,7 @@ def _validity(
 
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    """Signing only, and certificates and CRLs too for a CA."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -66,11 +73,12 @@ def make_ca(
     common_name: str,
     organization: str | None = None,
     path_length: int | None = None,
+    key_usage: bool = False,
 ) -> KeyAndCertificate:
     """
-    A self-signed CA certificate and its key; C{path_length} to forbid
-    intermediates, with a key usage that says what a CA may sign (as strict
-    verifiers such as Go's want).
+    A self-signed CA certificate and its key; C{path_length} 0 forbids
+    intermediates, and C{key_usage} adds the extension saying what the CA may
+    sign, as strict verifiers such as Go's (the docker CLI) want.
     """
     key = new_key()
     name = subject([common_name], organization)
@@ -88,7 +96,7 @@ def make_ca(
             critical=False,
         )
     )
-    if path_length is not None:
+    if key_usage:
         builder = builder.add_extension(_key_usage(cert_sign=True), critical=True)
     return key, _validity(builder, None).sign(key, hashes.SHA256())
 
@@ -156,6 +164,7 @@ def server_pair(
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
+    """The certificate as the PEM text a certificate file holds."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -163,6 +172,7 @@ def key_pem(
     key: ec.EllipticCurvePrivateKey,
     encryption: serialization.KeySerializationEncryption | None = None,
 ) -> bytes:
+    """The key as PKCS#8 PEM, unencrypted unless C{encryption} says otherwise."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -171,6 +181,7 @@ def key_pem(
 
 
 def write(path: str, data: bytes) -> str:
+    """Write C{data} to C{path}; return the path, to pass on to a loader."""
     with open(path, "wb") as f:
         f.write(data)
     return path

@@ -41,9 +41,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.e2e_agent import (
     AgentProcess,
     AgentStartError,
-    kill_process,
     make_ca,
     make_client_certificate,
+    popen_until_cleanup,
+    read_until_closed,
 )
 from tests.realdockerd import (
     IMAGE,
@@ -216,19 +217,6 @@ class _Lines:
                 self._cond.wait(remaining)
 
 
-def _recv_all(sock: socket.socket) -> bytes:
-    """Read until EOF; socket.timeout (a hang) propagates."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 def _http_body(response: bytes) -> bytes:
     return response.partition(b"\r\n\r\n")[2]
 
@@ -316,11 +304,26 @@ class HardeningCase(SynchronousTestCase):
                 return m
             time.sleep(0.1)
 
+    def container_events(self, agent: AgentProcess) -> tuple[subprocess.Popen, _Lines]:
+        """
+        `docker events` through `agent`, one line per container event in the
+        form `stream_live` looks for, and the lines it has printed.
+        """
+        events = self.docker_popen(
+            agent,
+            "events",
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        )
+        return events, _Lines(events.stdout)
+
     def stream_live(self, lines: _Lines, dockerd=None) -> bool:
         """
         Does a `docker events --filter type=container --format '{{.Action}}
-        {{.Actor.Attributes.name}}'` stream report a probe container created
-        now (retrying for up to 30 s)?
+        {{.Actor.Attributes.name}}'` stream (`container_events`) report a
+        probe container created now (retrying for up to 30 s)?
         """
         dockerd = dockerd or self.dockerd
         deadline = time.monotonic() + 30
@@ -373,15 +376,7 @@ class HardeningCase(SynchronousTestCase):
 
     def docker_popen(self, agent: AgentProcess, *args: str) -> subprocess.Popen:
         env, cli = agent.cli_env_and_args_as(password=agent.password)
-        proc = subprocess.Popen(
-            ["docker", *cli, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self.addCleanup(kill_process, proc)
-        return proc
+        return popen_until_cleanup(self, ["docker", *cli, *args], env)
 
     def curl(
         self,
@@ -842,17 +837,13 @@ class BruteForceTests(HardeningCase):
         # Four more at once: their delays run concurrently (the throttle
         # delays with timers, not by blocking).
         pending = [
-            subprocess.Popen(
+            popen_until_cleanup(
+                self,
                 self.curl_argv(agent, "/version", password=wrong),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=clean_docker_env(),
+                clean_docker_env(),
             )
             for _ in range(4)
         ]
-        for proc in pending:
-            self.addCleanup(kill_process, proc)
         warning = self.wait_for_output(
             agent, r"10 failed authentications from 127\.0\.0\.1\b[^\n]*", 30
         )
@@ -932,15 +923,8 @@ class DockerdFaultTests(HardeningCase):
             "sleep 0.2; done",
         )
         logs = self.docker_popen(agent, "logs", "-f", name)
-        events = self.docker_popen(
-            agent,
-            "events",
-            "--filter",
-            "type=container",
-            "--format",
-            "{{.Action}} {{.Actor.Attributes.name}}",
-        )
-        log_lines, event_lines = _Lines(logs.stdout), _Lines(events.stdout)
+        events, event_lines = self.container_events(agent)
+        log_lines = _Lines(logs.stdout)
         self.assertTrue(
             log_lines.wait_for(lambda line: line.startswith("tick"), 30),
             f"`docker logs -f` through the agent showed nothing (exit status "
@@ -1032,15 +1016,7 @@ class ShutdownTests(HardeningCase):
         grace period, then it is closed and the agent exits.
         """
         agent = self.start_agent("--shutdown-grace", "2", expect_running=False)
-        events = self.docker_popen(
-            agent,
-            "events",
-            "--filter",
-            "type=container",
-            "--format",
-            "{{.Action}} {{.Actor.Attributes.name}}",
-        )
-        lines = _Lines(events.stdout)
+        events, lines = self.container_events(agent)
         self.assertTrue(
             self.stream_live(lines), f"`docker events` never went live: {lines.lines}"
         )
@@ -1093,7 +1069,7 @@ class HostileInputTests(HardeningCase):
         self.agent = self.start_agent("--head-timeout", "2")
 
     def tcp(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.agent.port), timeout=10)
+        sock = self.agent.tcp_socket()
         self.addCleanup(sock.close)
         return sock
 
@@ -1111,7 +1087,7 @@ class HostileInputTests(HardeningCase):
 
     def closes(self, sock: socket.socket) -> bytes:
         try:
-            return _recv_all(sock)
+            return read_until_closed(sock)
         except TimeoutError:
             self.fail("the agent neither answered nor closed within 10 s")
 
@@ -1209,23 +1185,11 @@ class ConnectionLimitTests(HardeningCase):
         unaffected, and once the silent ones are gone requests work again.
         """
         agent = self.start_agent("--max-unauthenticated", "3")
-        events = self.docker_popen(
-            agent,
-            "events",
-            "--filter",
-            "type=container",
-            "--format",
-            "{{.Action}} {{.Actor.Attributes.name}}",
-        )
-        lines = _Lines(events.stdout)
+        _, lines = self.container_events(agent)
         self.assertTrue(self.stream_live(lines), f"no events: {lines.lines}")
-        ctx = ssl.create_default_context(cafile=agent.ca_path)
         silent = []
         for _ in range(3):
-            sock = ctx.wrap_socket(
-                socket.create_connection(("127.0.0.1", agent.port), timeout=10),
-                server_hostname="127.0.0.1",
-            )
+            sock = agent.tls_socket()
             self.addCleanup(sock.close)
             silent.append(sock)
         status, body, _ = self.curl(agent, "/version", password=agent.password)

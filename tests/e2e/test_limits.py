@@ -17,7 +17,8 @@ import socket
 import ssl
 import time
 
-from tests.e2e.test_hardening import HardeningCase, _recv_all
+from tests.e2e.test_hardening import HardeningCase
+from tests.e2e_agent import read_until_closed
 
 VIEWER, VIEWER_PASSWORD = "viewer", "look"
 CROWD_SOURCE = "127.0.0.2"
@@ -25,9 +26,7 @@ CROWD_SOURCE = "127.0.0.2"
 
 class LimitsCase(HardeningCase):
     def tcp(self, source: str = CROWD_SOURCE) -> socket.socket:
-        sock = socket.create_connection(
-            ("127.0.0.1", self.agent.port), timeout=10, source_address=(source, 0)
-        )
+        sock = self.agent.tcp_socket(source)
         self.addCleanup(sock.close)
         return sock
 
@@ -91,7 +90,7 @@ class UnauthenticatedLimitTests(LimitsCase):
         crowd = [self.tls() for _ in range(4)]
         extra = self.tls()
         extra.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
-        refused = _recv_all(extra)
+        refused = read_until_closed(extra)
         self.assertTrue(refused.startswith(b"HTTP/1.1 503 "), refused)
         self.assertIn(b"from 127.0.0.2", refused)
         self.assertAdminServed()
@@ -179,7 +178,7 @@ class IdleTimeoutTests(LimitsCase):
 
         idle.settimeout(15)
         started = time.monotonic()
-        self.assertEqual(_recv_all(idle), b"", "closed without a word")
+        self.assertEqual(read_until_closed(idle), b"", "closed without a word")
         self.assertLess(time.monotonic() - started, 15)
 
         # Well past the idle timeout the quiet event stream is still open:

@@ -30,7 +30,8 @@ from tests.e2e_agent import (
     AgentProcess,
     AgentStartError,
     agent_env,
-    kill_process,
+    popen_until_cleanup,
+    read_until_closed,
     twistd_argv,
 )
 from tests.realdockerd import IMAGE, DockerdUnavailable, output_tail, shared_dockerd
@@ -213,26 +214,12 @@ class E2ETestCase(SynchronousTestCase):
 
     def agent_popen(self, *args: str) -> subprocess.Popen:
         env, cli = self.agent.docker_cli_env_and_args()
-        proc = subprocess.Popen(
-            ["docker", *cli, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self.addCleanup(kill_process, proc)
-        return proc
+        return popen_until_cleanup(self, ["docker", *cli, *args], env)
 
     def direct_popen(self, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            ["docker", *self.dockerd.cli_args(), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.dockerd.cli_env(),
+        return popen_until_cleanup(
+            self, ["docker", *self.dockerd.cli_args(), *args], self.dockerd.cli_env()
         )
-        self.addCleanup(kill_process, proc)
-        return proc
 
     def direct(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         """Run the docker CLI directly against dockerd's socket."""
@@ -752,9 +739,7 @@ class CurlTests(E2ETestCase):
         )
         with self.agent.tls_socket(timeout=30) as sock:
             sock.sendall(data)
-            answers = b""
-            while chunk := sock.recv(65536):
-                answers += chunk
+            answers = read_until_closed(sock)
         statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
         self.assertEqual(statuses, [b"200", b"200", b"401"], answers[-600:])
         status, listed = self.dockerd.api_request("GET", "/volumes")

@@ -47,6 +47,7 @@ from haven_agent.proxy.service import build_proxy_service
 from haven_agent.thread_pools import ThreadPools
 from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
 from tests.fake_dockerd import (
+    LEGACY_HIJACKED,
     UPGRADED,
     FakeDockerdFactory,
     FakeDockerdProtocol,
@@ -59,7 +60,6 @@ PASSWORD = b"s3cret"
 AUTH = b"Basic " + base64.b64encode(USER + b":" + PASSWORD)
 BAD_AUTH = b"Basic " + base64.b64encode(USER + b":wrong")
 
-HIJACKED = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 PING_OK = (
     b"HTTP/1.1 200 OK\r\n"
     b"Api-Version: 1.41\r\n"
@@ -1132,11 +1132,11 @@ class HijackTests(ProxyTestCase):
         )
 
     def test_legacyCloseNotify(self):
-        return self.assertHijackSurvivesHalfClose(self.legacyAttach, HIJACKED)
+        return self.assertHijackSurvivesHalfClose(self.legacyAttach, LEGACY_HIJACKED)
 
     def test_legacyFIN(self):
         return self.assertHijackSurvivesHalfClose(
-            self.legacyAttach, HIJACKED, finOnly=True
+            self.legacyAttach, LEGACY_HIJACKED, finOnly=True
         )
 
     def test_execStartWithBody(self):

@@ -50,7 +50,7 @@ from haven_agent.tls.certificates import (
     parse_server_names,
     sha256_fingerprint,
 )
-from tests.pki import cert_pem, issue, key_pem, make_ca, write
+from tests.pki import cert_pem, issue, key_pem, make_ca, new_key, write
 
 NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 HOSTS = ["node1.example", "node1"]
@@ -843,7 +843,7 @@ class LoadClientCATests(SynchronousTestCase):
         A file without a PEM certificate (empty, garbage, a lone key) is
         refused with a message naming it.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         for name, data in [
             ("empty.pem", b""),
             ("garbage.pem", b"not pem at all"),

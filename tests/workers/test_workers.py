@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import struct
 import time
 
@@ -37,7 +36,7 @@ from haven_agent.proxy.reuse_port import (
 )
 from haven_agent.tap import Options
 from haven_agent.workers.pool import LineRelay, read_worker_spec, worker_spec
-from tests.e2e_agent import AgentProcess
+from tests.e2e_agent import AgentProcess, read_until_closed
 from tests.fake_dockerd import FakeDockerdFactory, short_socket_path
 
 
@@ -275,16 +274,12 @@ def ping(agent: AgentProcess) -> tuple[int, bytes]:
     """
     GET /_ping on a new TLS connection; the status and body.
     """
-    context = ssl.create_default_context(cafile=agent.ca_path)
-    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(
-                b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
-                b"Authorization: " + agent.authorization().encode() + b"\r\n\r\n"
-            )
-            answer = b""
-            while chunk := tls.recv(65536):
-                answer += chunk
+    with agent.tls_socket() as tls:
+        tls.sendall(
+            b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n"
+            b"Authorization: " + agent.authorization().encode() + b"\r\n\r\n"
+        )
+        answer = read_until_closed(tls)
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
