@@ -30,7 +30,7 @@ CHECKOUT_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, CHECKOUT_ROOT)
 
 import tests.e2e_agent as e2e_agent  # noqa: E402
-from bench import cpu_seconds, tree_pids  # noqa: E402  (bench/bench.py)
+from bench import build_pingload, cpu_seconds, tree_pids  # noqa: E402
 from tests.realdockerd import RealDockerd  # noqa: E402
 
 
@@ -86,11 +86,7 @@ def main(argv: list[str]) -> int:
 
     work = tempfile.mkdtemp(prefix="hvab-", dir="/tmp")
     binary = os.path.join(work, "pingload")
-    subprocess.run(
-        ["gcc", "-O2", "-pthread", "-o", binary]
-        + [os.path.join(BENCH_DIR, "pingload.c"), "-lssl", "-lcrypto"],
-        check=True,
-    )
+    build_pingload(binary)
     args = tuple(o.agent_arg)
     dockerd = RealDockerd().start()
     agents = {}

@@ -104,6 +104,25 @@ class BenchError(Exception):
     pass
 
 
+def build_pingload(binary: str) -> None:
+    """
+    Compile bench/pingload.c to C{binary}: the load generator of this
+    bench, bench/ab.py and bench/layer_profile.py.
+    """
+    src = os.path.join(BENCH_DIR, "pingload.c")
+    proc = subprocess.run(
+        ["gcc", "-O2", "-pthread", "-o", binary, src, "-lssl", "-lcrypto"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(
+            "cannot build bench/pingload.c (needs gcc and libssl-dev):\n" + proc.stderr
+        )
+
+
 # -- process facts -----------------------------------------------------------
 
 
@@ -425,19 +444,7 @@ class Bench:
     # -- setup ---------------------------------------------------------------
 
     def build_pingload(self) -> None:
-        src = os.path.join(BENCH_DIR, "pingload.c")
-        proc = subprocess.run(
-            ["gcc", "-O2", "-pthread", "-o", self.pingload, src, "-lssl", "-lcrypto"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BenchError(
-                "cannot build bench/pingload.c (needs gcc and libssl-dev):\n"
-                + proc.stderr
-            )
+        build_pingload(self.pingload)
 
     def setup(self) -> None:
         o = self.opts

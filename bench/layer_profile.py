@@ -47,6 +47,7 @@ CHECKOUT_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, CHECKOUT_ROOT)
 
 import tests.e2e_agent as e2e_agent  # noqa: E402
+from bench import build_pingload  # noqa: E402  (bench/bench.py)
 from tests.realdockerd import RealDockerd  # noqa: E402
 
 #: (layer, substrings of a frame that place it there), tried in this order
@@ -135,11 +136,7 @@ def main() -> int:
         p.error("py-spy is not installed (pip install py-spy)")
     work = tempfile.mkdtemp(prefix="hvlp-", dir="/tmp")
     binary = os.path.join(work, "pingload")
-    subprocess.run(
-        ["gcc", "-O2", "-pthread", "-o", binary]
-        + [os.path.join(BENCH_DIR, "pingload.c"), "-lssl", "-lcrypto"],
-        check=True,
-    )
+    build_pingload(binary)
     dockerd = RealDockerd().start()
     agent = e2e_agent.AgentProcess(dockerd.socket_path).start()
     try:
