@@ -74,7 +74,7 @@ class HostRoot:
         return os.path.normpath(os.path.join(self.path, mountpoint.lstrip("/")))
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     # surrogateescape: mount points are bytes to the kernel, not always UTF-8.
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
@@ -128,7 +128,7 @@ def read_memory(root: HostRoot) -> dict[str, int]:
     """
     The host's memory in bytes, from C{{proc}/meminfo} (blocking).
     """
-    return memory_from_meminfo(_read_text(os.path.join(root.proc, "meminfo")))
+    return memory_from_meminfo(read_text(os.path.join(root.proc, "meminfo")))
 
 
 def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
@@ -166,7 +166,7 @@ def read_network(root: HostRoot) -> dict[str, dict[str, int]]:
         path = os.path.join(root.proc, "net", "dev")
     else:
         path = os.path.join(root.proc, "1", "net", "dev")
-    return parse_net_dev(_read_text(path))
+    return parse_net_dev(read_text(path))
 
 
 @frozen
@@ -244,7 +244,7 @@ CONTAINER_RUNTIME_DIRECTORIES = (
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def _unescape(field_text: str) -> str:
+def unescape_mount_field(field_text: str) -> str:
     """
     Decode the kernel's octal escapes (C{\\040} space, C{\\011} tab,
     C{\\012} newline, C{\\134} backslash) in a mount table field.
@@ -274,9 +274,9 @@ def parse_mounts(text: str, include_network: bool = False) -> list[Mount]:
         if len(parts) < 3:
             continue
         mount = Mount(
-            device=_unescape(parts[0]),
-            mountpoint=_unescape(parts[1]),
-            fstype=_unescape(parts[2]),
+            device=unescape_mount_field(parts[0]),
+            mountpoint=unescape_mount_field(parts[1]),
+            fstype=unescape_mount_field(parts[2]),
         )
         by_mountpoint[mount.mountpoint] = mount
     return [
@@ -299,7 +299,7 @@ def read_mounts(root: HostRoot, include_network: bool = False) -> list[Mount]:
         path = os.path.join(root.proc, "self", "mounts")
     else:
         path = os.path.join(root.proc, "1", "mounts")
-    return parse_mounts(_read_text(path), include_network)
+    return parse_mounts(read_text(path), include_network)
 
 
 def disk_usage(root: HostRoot, mount: Mount) -> dict[str, int] | None:
@@ -412,9 +412,10 @@ class MountProber:
         self, root: HostRoot, mounts: list[Mount]
     ) -> Deferred[tuple[dict[str, dict[str, int]], list[str]]]:
         """
-        Measure C{mounts}; fire with C{({mountpoint: {"used", "total"}},
-        [mount points skipped because stuck])}. Never fails: a mount whose
-        measurement fails is left out with a log line.
+        Measure C{mounts}; fire with C{({mountpoint: figures}, [mount points
+        skipped because stuck])}, the figures being what the measurement
+        returned but C{device} (L{disk_usage}: C{{"used", "total"}}). Never
+        fails: a mount whose measurement fails is left out with a log line.
 
         Cancelling the result stops waiting (the threads run on, and still
         keep their mounts busy until they return).
@@ -474,7 +475,9 @@ class MountProber:
         if self._failing.pop(mountpoint, None) is not None:
             log.info("mount {mountpoint} can be measured again", mountpoint=mountpoint)
         if usage is not None:
-            round_.disks[mountpoint] = {"used": usage["used"], "total": usage["total"]}
+            round_.disks[mountpoint] = {
+                key: value for key, value in usage.items() if key != "device"
+            }
             if usage.get("device") is not None:
                 round_.devices[mountpoint] = usage["device"]
         round_.finish_if_complete()
