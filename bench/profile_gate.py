@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from prometheus_client import CollectorRegistry  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.defer import Deferred, succeed  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
@@ -44,6 +45,7 @@ from twisted.logger import (  # noqa: E402
     textFileLogObserver,
 )
 
+from haven_agent.metrics.proxy_metrics import ProxyMetrics  # noqa: E402
 from haven_agent.proxy.auth import BasicAuthChecker  # noqa: E402
 from haven_agent.proxy.gate import GateFactory  # noqa: E402
 
@@ -98,6 +100,8 @@ def make_factory(clock: Clock, connects: list) -> GateFactory:
         connectDocker=connect,
         dockerDescription="unix:/run/docker.sock",
         clock=clock,
+        # Counted as the agent counts them (see docs/metrics.md).
+        metrics=ProxyMetrics(CollectorRegistry(), ["admin"]),
     )
 
 

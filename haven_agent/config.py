@@ -10,6 +10,7 @@ read as they are, so an existing start string needs no edit.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from collections.abc import Mapping
@@ -75,6 +76,10 @@ class ProxyConfig:
     shutdownGrace: float = 5.0
     #: Processes serving the proxy (see haven_agent.workers.pool).
     workers: int = 1
+    #: A local endpoint serving the metrics without authentication.
+    metricsListen: str | None = None
+    #: Whether the metrics include the node's (node_exporter's names).
+    nodeMetrics: bool = True
     sources: Sources = field(factory=Sources, eq=False, repr=False)
 
 
@@ -138,6 +143,22 @@ def endpoint_parts(description: str) -> tuple[str, list[str], dict[str, str]]:
 
 #: Endpoint types whose first argument is a TCP port.
 TCP_TYPES = ("tcp", "tcp6")
+
+
+def is_local_endpoint(description: str) -> bool:
+    """
+    Does the server endpoint C{description} accept only this host's
+    clients: a UNIX socket, or TCP on a loopback interface?
+    """
+    kind, args, kwargs = endpoint_parts(description)
+    if kind == "unix":
+        return True
+    if kind not in TCP_TYPES:
+        return False
+    try:
+        return ipaddress.ip_address(kwargs.get("interface", "")).is_loopback
+    except ValueError:
+        return False
 
 
 def endpoint_port(description: str) -> str | None:

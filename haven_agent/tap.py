@@ -34,6 +34,7 @@ from haven_agent.config import (
     default_listen,
     docker_endpoint,
     endpoint_port,
+    is_local_endpoint,
     listen_endpoint,
     listen_port,
     probe_ipv6,
@@ -73,6 +74,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "idle-timeout": ("HAVEN_AGENT_IDLE_TIMEOUT",),
     "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
     "workers": ("HAVEN_AGENT_WORKERS",),
+    "metrics-listen": ("HAVEN_AGENT_METRICS_LISTEN",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
     "log-level": ("HAVEN_AGENT_LOG_LEVEL",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
@@ -240,6 +242,16 @@ class Options(usage.Options):
             "[env HAVEN_AGENT_WORKERS; default 1]",
         ],
         [
+            "metrics-listen",
+            None,
+            None,
+            "Also serve the metrics (GET /metrics) in plain HTTP without "
+            "credentials on this local endpoint, e.g. "
+            "unix:/run/haven-agent/metrics.sock or tcp:9771:interface=127.0.0.1; "
+            "the TLS port serves them at /_agent/metrics either way "
+            "[env HAVEN_AGENT_METRICS_LISTEN]",
+        ],
+        [
             "max-connections",
             None,
             None,
@@ -363,6 +375,20 @@ class Options(usage.Options):
             None,
             "Also report disk usage of network file systems (NFS, CIFS, ...) "
             "[env HAVEN_AGENT_NETWORK_FILESYSTEMS=1 (or true, yes, on)]",
+        ],
+        [
+            "metrics-listen-anywhere",
+            None,
+            "Allow --metrics-listen on an address other than loopback, which "
+            "serves the metrics to the network without authentication "
+            "[env HAVEN_AGENT_METRICS_LISTEN_ANYWHERE=1]",
+        ],
+        [
+            "no-node-metrics",
+            None,
+            "Leave the node's metrics (node_exporter's names) out of the "
+            "metrics page, where node_exporter already runs "
+            "[env HAVEN_AGENT_NO_NODE_METRICS=1]",
         ],
     ]
 
@@ -613,9 +639,39 @@ class Options(usage.Options):
             idleTimeout=self._seconds("idle-timeout", 60.0),
             shutdownGrace=self._seconds("shutdown-grace", 5.0, allowZero=True),
             workers=self._workers(listen),
+            metricsListen=self._metricsListen(),
+            nodeMetrics=not self._flag(
+                "no-node-metrics", "HAVEN_AGENT_NO_NODE_METRICS"
+            ),
             sources=Sources(dict(self._sources)),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
+
+    def _metricsListen(self) -> str | None:
+        endpoint = self._fromEnvironment("metrics-listen")
+        if endpoint is None:
+            return None
+        source = self._source("metrics-listen")
+        try:
+            # Parsing only: nothing listens until the service starts.
+            serverFromString(None, endpoint)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise usage.UsageError(
+                f"{source} {endpoint!r} is not an endpoint description such as "
+                f"tcp:9771:interface=127.0.0.1 or unix:/run/haven-agent/metrics.sock "
+                f"({e})"
+            ) from None
+        anywhere = self._flag(
+            "metrics-listen-anywhere", "HAVEN_AGENT_METRICS_LISTEN_ANYWHERE"
+        )
+        if not is_local_endpoint(endpoint) and not anywhere:
+            raise usage.UsageError(
+                f"{source} {endpoint!r} would serve the metrics without "
+                f"authentication beyond this host: give a UNIX socket or a "
+                f"loopback interface (tcp:9771:interface=127.0.0.1), or add "
+                f"--metrics-listen-anywhere"
+            )
+        return endpoint
 
     def _logLevel(self) -> LogLevel:
         name = (self._fromEnvironment("log-level") or "info").lower()
@@ -716,14 +772,21 @@ def makeService(options: Options) -> MultiService:
     # The pools hold the services that use them, so they stop after them.
     threads = ThreadPools(reactor)
     threads.setServiceParent(agent)
+    from haven_agent.metrics.registry import new_registry
+    from haven_agent.metrics.reporter_metrics import ReporterMetrics
+
+    # One registry for the proxy and the reporter of this process.
+    registry = new_registry()
     try:
-        for service in _proxy(config, options, reactor, threads):
+        for service in _proxy(config, options, reactor, threads, registry):
             service.setServiceParent(threads)
     except CertificateError as e:
         raise StartupError(f"{_certificateSource(config)}: {e}") from None
     from haven_agent.reporting.service import NodeReporting
 
-    NodeReporting(options.reporterConfig, reactor, threads).setServiceParent(threads)
+    NodeReporting(
+        options.reporterConfig, reactor, threads, ReporterMetrics(registry)
+    ).setServiceParent(threads)
     if options.logFormat == "json":
         from haven_agent.logs.json_lines import use_json_logging
 
@@ -732,17 +795,31 @@ def makeService(options: Options) -> MultiService:
 
 
 def _proxy(
-    config: ProxyConfig, options: Options, reactor, threads: ThreadPools
+    config: ProxyConfig, options: Options, reactor, threads: ThreadPools, registry
 ) -> list[IService]:
     from haven_agent.proxy.service import build_proxy_service
 
+    reusePort = None if config.workers == 1 else listen_addresses(config.listen)
+    proxy = build_proxy_service(config, reactor, threads, reusePort, registry)
+    services: list[IService] = [proxy]
+    page = proxy.metricsPage
+    if config.nodeMetrics:
+        from haven_agent.metrics.node import NodeMetrics
+        from haven_agent.reporting.host_metrics import HostRoot
+
+        reporting = options.reporterConfig
+        page.node = NodeMetrics(
+            HostRoot(reporting.hostRoot),
+            threads.defer_to_host,
+            reactor,
+            includeNetworkFilesystems=reporting.networkFilesystems,
+        ).gather
+    if config.metricsListen is not None:
+        services.append(_metricsListener(config, page.render, reactor))
     if config.workers == 1:
-        return [build_proxy_service(config, reactor, threads)]
+        return services
     from haven_agent.workers.pool import WorkerPool
 
-    proxy = build_proxy_service(
-        config, reactor, threads, reusePort=listen_addresses(config.listen)
-    )
     # The pool is a sibling of the proxy, not its child: the workers'
     # graceful stop runs alongside this process's own.
     pool = WorkerPool(
@@ -752,9 +829,28 @@ def _proxy(
         config.workers - 1,
         reactor,
         logLevel=options.logLevel,
+        renderMetrics=page.render,
     )
+    page.others = pool.snapshots.gather
     proxy.onReload.append(lambda: pool.signalAll("HUP"))
-    return [proxy, pool]
+    return services + [pool]
+
+
+def _metricsListener(config: ProxyConfig, render, reactor) -> IService:
+    """
+    The plain local metrics endpoint of C{--metrics-listen}.
+    """
+    from twisted.application import strports
+
+    from haven_agent.metrics.local_listener import metrics_site
+    from haven_agent.proxy.service import Listening
+
+    listener = strports.service(
+        config.metricsListen, metrics_site(render), reactor=reactor
+    )
+    return Listening(
+        listener, config.metricsListen, config.sources.of("metrics-listen")
+    )
 
 
 def _certificateSource(config: ProxyConfig) -> str:

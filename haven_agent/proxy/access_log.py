@@ -36,6 +36,8 @@ class RequestRecord:
     @ivar firstByte: when the first byte of dockerd's answer arrived.
     @ivar sent: has the whole request (head and body) gone to dockerd?
     @ivar answered: has dockerd's whole answer come back?
+    @ivar route: the metrics' route label; C{stream}: the kind of stream
+        its answer is, if any, and C{streamOpen} whether it is counted open.
     """
 
     method: str
@@ -51,6 +53,10 @@ class RequestRecord:
     firstByte: float | None = None
     sent: bool = False
     answered: bool = False
+    route: str = "other"
+    stream: str | None = None
+    streamOpen: bool = False
+    websocket: bool = False
 
     @classmethod
     def of(cls, head: RequestHead | None, user: str | None, now: float):

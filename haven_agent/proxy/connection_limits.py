@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from typing import NamedTuple
 
 from attrs import define, field
 
@@ -46,6 +47,17 @@ def source_of(host: str) -> str:
     return str(address)
 
 
+class Overload(NamedTuple):
+    """
+    A connection one too many: which limit (by its option's name, as the
+    metrics say it), what to tell the client, and the limit.
+    """
+
+    reason: str
+    problem: str
+    limit: int
+
+
 @define(eq=False)
 class ConnectionLimits:
     """
@@ -66,43 +78,50 @@ class ConnectionLimits:
     _bySource: Counter[str] = field(init=False, factory=Counter)
     _byUser: Counter[str] = field(init=False, factory=Counter)
 
-    def arrived(self, source: str) -> tuple[str, int] | None:
+    def arrived(self, source: str) -> Overload | None:
         """
         A connection from C{source} arrived, and counts from now on (call
         L{left} when it goes, refused or not).
 
-        @return: (the problem, the limit) when it is one too many, else None.
+        @return: the L{Overload} when it is one too many, else None.
         """
         self.connections += 1
         self.unauthenticated += 1
         self._bySource[source] += 1
         if self.connections > self.maxConnections:
-            return "too many connections", self.maxConnections
+            return Overload(
+                "max_connections", "too many connections", self.maxConnections
+            )
         if self.unauthenticated > self.maxUnauthenticated:
-            return (
+            return Overload(
+                "max_unauthenticated",
                 "too many connections waiting to authenticate",
                 self.maxUnauthenticated,
             )
         if self._bySource[source] > self.maxUnauthenticatedPerSource:
-            return (
+            return Overload(
+                "max_unauthenticated_per_source",
                 f"too many connections from {source} waiting to authenticate",
                 self.maxUnauthenticatedPerSource,
             )
         return None
 
-    def authenticated(self, source: str, user: str) -> tuple[str, int] | None:
+    def authenticated(self, source: str, user: str) -> Overload | None:
         """
         A connection from C{source} authenticated as C{user}: it now counts
         against C{user}.
 
-        @return: (the problem, the limit) when C{user} holds too many, else
-            None.
+        @return: the L{Overload} when C{user} holds too many, else None.
         """
         self._release(self._bySource, source)
         self.unauthenticated -= 1
         self._byUser[user] += 1
         if self._byUser[user] > self.maxPerUser:
-            return f"too many connections of user {user}", self.maxPerUser
+            return Overload(
+                "max_connections_per_user",
+                f"too many connections of user {user}",
+                self.maxPerUser,
+            )
         return None
 
     def left(self, source: str, user: str | None) -> None:

@@ -16,6 +16,10 @@ verdict, a certificate. `verdictNow` gives those without a Deferred and
 says `NOT_KNOWN_YET` when bcrypt must run in a thread first, which
 `verdict` does. A later rule set (per-credential policy) is one more
 `Rule` in the list each account's verdict passes through.
+
+`GET /_agent/metrics` is judged like any request (authenticated, then the
+account's rules: the read-only account's route list does not hold it), and
+once allowed it is an `AnswerMetrics`: the agent answers it itself.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ AUTH_MODES = ("password", "cert", "both")
 AUTH_METHODS = {"password": "password", "cert": "cert", "both": "cert+password"}
 AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="haven-agent"'),)
 READ_METHODS = (b"GET", b"HEAD")
+METRICS_PATH = b"/_agent/metrics"
 
 
 @frozen
@@ -74,6 +79,17 @@ class Refuse:
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
     user: str | None = None
+    #: Why authentication failed (a 401), as the metrics count it.
+    reason: str = ""
+
+
+@frozen
+class AnswerMetrics:
+    """
+    The agent's metrics, for C{allowed}: answered by the agent.
+    """
+
+    allowed: Allow
 
 
 @frozen
@@ -85,7 +101,7 @@ class AnswerHealth:
 
 HEALTH = AnswerHealth()
 
-Verdict = Allow | Refuse | AnswerHealth
+Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics
 
 
 class Rule(Protocol):
@@ -193,15 +209,20 @@ class AccessDecision:
             refusal = rule(head, allowed)
             if refusal is not None:
                 return refusal if refusal.user else evolve(refusal, user=allowed.user)
+        if head.path == METRICS_PATH and head.method == b"GET":
+            return AnswerMetrics(allowed)
         return allowed
 
     def _unauthenticated(self, head: RequestHead, who: Identity) -> Refuse:
         if self._mode != "password" and who.certificate is None:
             message = "a client certificate signed by the agent's client CA is required"
+            reason = "no_client_certificate"
         elif head.first(b"authorization") is None:
             message = "authentication required: send HTTP Basic credentials"
+            reason = "no_credentials"
         else:
             message = "wrong user name or password"
+            reason = "wrong_credentials"
         throttle = self._throttle
         delay = throttle.failed(who.host) if throttle is not None else 0.0
-        return Refuse(401, message, AUTHENTICATE, max(delay, 0.0))
+        return Refuse(401, message, AUTHENTICATE, max(delay, 0.0), reason=reason)

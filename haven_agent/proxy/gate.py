@@ -44,12 +44,23 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from haven_agent.metrics.proxy_metrics import (
+    HEALTH_ROUTE,
+    METRICS_ROUTE,
+    STREAM_ROUTES,
+    ProxyMetrics,
+    stream_kind,
+)
 from haven_agent.proxy.access_log import (
     RequestRecord,
     log_request,
@@ -58,12 +69,17 @@ from haven_agent.proxy.access_log import (
 from haven_agent.proxy.answer_framing import AnswerFramer, Event
 from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker
 from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
-from haven_agent.proxy.connection_limits import ConnectionLimits, source_of
+from haven_agent.proxy.connection_limits import (
+    ConnectionLimits,
+    Overload,
+    source_of,
+)
 from haven_agent.proxy.decision import (
     AUTH_MODES,
     AccessDecision,
     Allow,
     AnswerHealth,
+    AnswerMetrics,
     Identity,
     Refuse,
 )
@@ -71,10 +87,10 @@ from haven_agent.proxy.health import DockerProbe, health_response
 from haven_agent.proxy.http_head import HeadError, HeadReader, RequestHead
 from haven_agent.proxy.log_safe import printable
 from haven_agent.proxy.read_only import is_stream
-from haven_agent.proxy.responses import error_response
+from haven_agent.proxy.responses import error_response, metrics_response
 from haven_agent.proxy.splice import DockerConnection, Splice, tune_socket
 from haven_agent.proxy.throttle import FailureThrottle
-from haven_agent.tls.failure import describe_close
+from haven_agent.tls.failure import describe_close, handshake_outcome
 from haven_agent.tls.reload import client_identity
 
 __all__ = ["AUTH_MODES", "GateFactory", "GateProtocol", "Phase", "peer_label"]
@@ -132,6 +148,10 @@ class GateFactory(Factory):
     #: Seconds an idle keep-alive connection of the read-only user is kept.
     idleTimeout: float = 60.0
     probe: DockerProbe | None = None
+    #: What the connections count, and the page `GET /_agent/metrics`
+    #: is answered with; None where nobody asks (unit tests of the gate).
+    metrics: ProxyMetrics | None = None
+    metricsPage: Callable[[], Deferred[bytes]] | None = None
     decision: AccessDecision = field(init=False)
     connections: set[GateProtocol] = field(init=False, factory=set)
 
@@ -193,7 +213,7 @@ def peer_label(peer) -> str:
     return f"{host}:{port}"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class GateProtocol(Protocol):
     """
     One client connection: the gate in front, the splice to dockerd behind.
@@ -231,6 +251,8 @@ class GateProtocol(Protocol):
         self._idleTimer = None
         self._lastActivity = 0.0
         self._firstToClose: str | None = None
+        self._metrics = factory.metrics
+        self._handshaken = False
 
     # Phases
 
@@ -274,20 +296,39 @@ class GateProtocol(Protocol):
         factory.connections.add(self)
         tune_socket(self.transport)
         self._splice = Splice(self.transport, self._clock, factory.lingerTimeout)
+        if self._metrics is not None:
+            self._metrics.connectionAccepted()
         overload = factory.limits.arrived(self._source)
         if overload is not None:
-            self._overloaded(*overload)
+            self._overloaded(overload)
         else:
             self._startTimer(factory.firstHeadTimeout)
 
-    def _overloaded(self, problem: str, limit: int) -> None:
+    def handshakeCompleted(self) -> None:
+        self._handshaken = True
+        if self._metrics is not None:
+            self._metrics.handshakes.labels("ok").inc()
+
+    @property
+    def state(self) -> str:
+        """
+        What the connection is doing, as the open connections gauge says:
+        "unauthenticated", "http" or "stream".
+        """
+        if self._phase is Phase.PIPE or any(r.streamOpen for r in self._records):
+            return "stream"
+        return "unauthenticated" if self._user is None else "http"
+
+    def _overloaded(self, overload: Overload) -> None:
         log.warn(
             "{peer}: refused, {problem} (limit {limit})",
             peer=self._peer,
-            problem=problem,
-            limit=limit,
+            problem=overload.problem,
+            limit=overload.limit,
         )
-        self._refuse(503, f"{problem}; try again later", None, None)
+        if self._metrics is not None:
+            self._metrics.refused.labels(overload.reason).inc()
+        self._refuse(503, f"{overload.problem}; try again later", None, None)
 
     def dataReceived(self, data: bytes) -> None:
         if self._idleWatch:
@@ -314,6 +355,8 @@ class GateProtocol(Protocol):
         pass
 
     def connectionLost(self, reason=None) -> None:
+        if not self._handshaken and self._metrics is not None:
+            self._metrics.handshakes.labels(handshake_outcome(reason)).inc()
         if not self._requests and self._phase is not Phase.CLOSING:
             # Nothing else will say this connection existed: a failed TLS
             # handshake, garbage, plain HTTP, or a client that just left.
@@ -453,6 +496,8 @@ class GateProtocol(Protocol):
             self._refused(verdict, head)  # type: ignore[arg-type]
         elif kind is AnswerHealth:
             self._answerHealth(head)
+        elif kind is AnswerMetrics:
+            self._answerMetrics(head, verdict.allowed)  # type: ignore[union-attr]
         else:
             raise TypeError(f"not a verdict: {verdict!r}")
 
@@ -462,7 +507,7 @@ class GateProtocol(Protocol):
             self._idleWatch = allowed.readOnly
             overload = self._factory.limits.authenticated(self._source, allowed.user)
             if overload is not None:
-                self._overloaded(*overload)
+                self._overloaded(overload)
                 return
         if self._splice.docker is None:
             self._connectDocker(head, allowed)
@@ -470,6 +515,11 @@ class GateProtocol(Protocol):
             self._forward(head, allowed)
 
     def _refused(self, refusal: Refuse, head: RequestHead) -> None:
+        metrics = self._metrics
+        if metrics is not None and refusal.status == 401:
+            metrics.authFailures.labels(refusal.reason).inc()
+            if refusal.delay > 0:
+                metrics.throttledAnswers.inc()
         if refusal.delay <= 0:
             self._refuse(
                 refusal.status, refusal.message, head, refusal.user, refusal.headers
@@ -502,10 +552,46 @@ class GateProtocol(Protocol):
         record = RequestRecord.of(head, None, self._clock.seconds())
         record.bytesOut = len(response)
         record.status = 200 if dockerUp else 503
+        record.route = HEALTH_ROUTE
         # Health checks come every few seconds: keep them out of the access
         # log unless asked for.
         self._log(record, "health: docker " + ("up" if dockerUp else "down"), log.debug)
         self._answerLast(response)
+
+    def _answerMetrics(self, head: RequestHead, allowed: Allow) -> None:
+        if self._phase is Phase.READING:
+            self._enter(Phase.DECIDING)
+        page = self._factory.metricsPage
+        if page is None:
+            self._refuse(404, "metrics are not served here", head, allowed.user)
+            return
+        rendering = page()
+        rendering.addCallbacks(
+            self._metricsRendered,
+            self._metricsFailed,
+            callbackArgs=(head, allowed),
+            errbackArgs=(head, allowed),
+        )
+        rendering.addErrback(self._unexpected)
+
+    def _metricsRendered(self, body: bytes, head: RequestHead, allowed: Allow) -> None:
+        if self._phase is Phase.CLOSED:
+            return
+        response = metrics_response(body)
+        record = RequestRecord.of(head, allowed.user, self._clock.seconds())
+        record.auth = allowed.auth
+        record.route = METRICS_ROUTE
+        record.bytesOut = len(response)
+        record.status = 200
+        self._log(record, "metrics")
+        self._answerLast(response)
+
+    def _metricsFailed(
+        self, failure: Failure, head: RequestHead, allowed: Allow
+    ) -> None:
+        log.failure("rendering the metrics failed", failure)
+        if self._phase is not Phase.CLOSED:
+            self._refuse(500, "the metrics could not be rendered", head, allowed.user)
 
     # dockerd's side
 
@@ -543,6 +629,8 @@ class GateProtocol(Protocol):
             f"{failure.getErrorMessage()}"
         )
         log.warn("{problem}", problem=message)
+        if self._metrics is not None:
+            self._metrics.dialErrors.inc()
         self._refuse(502, message, head, allowed.user)
 
     def _forward(self, head: RequestHead, allowed: Allow) -> None:
@@ -555,9 +643,17 @@ class GateProtocol(Protocol):
         record.auth = allowed.auth
         if self._identity is not None and self._identity.certificate is not None:
             record.certificate = printable(self._identity.certificate)
+        hijacks = head.hijacks
+        if self._metrics is not None:
+            record.route = route = self._metrics.routes.of(head)
+            record.stream = STREAM_ROUTES.get(route)
+            if hijacks:
+                upgrade = head.first(b"upgrade")
+                record.websocket = (
+                    upgrade is not None and upgrade.lower() == b"websocket"
+                )
         self._records.append(record)
         self._sending = record
-        hijacks = head.hijacks
         self._answers.expect(head.method, hijacks)
         self._toDocker(head.raw)
         if self._idleWatch:
@@ -589,6 +685,10 @@ class GateProtocol(Protocol):
                 if status:
                     records.popleft()
                     front.status = status
+                    if front.stream is not None:
+                        # A stream that ended in its first read.
+                        self._streamOpened(front)
+                        self._streamClosed(front, "docker")
                     front.bytesOut += len(data)
                     front.answered = True
                     if front.sent:
@@ -623,6 +723,8 @@ class GateProtocol(Protocol):
             if kind is Event.ENDED:
                 records.popleft()
                 front.answered = True
+                if front.streamOpen:
+                    self._streamClosed(front, "docker")
                 if front.sent:
                     self._logAnswered(front)
                 if records and position < len(data):
@@ -634,7 +736,11 @@ class GateProtocol(Protocol):
             front.status = event.status
             if kind is Event.HIJACKED:
                 front.hijacked = True
+                if self._metrics is not None:
+                    front.stream = stream_kind(front.route, True, front.websocket)
                 log_stream_opened(self._peer, front)
+            if front.stream is not None and not front.streamOpen:
+                self._streamOpened(front)
             if front is self._holdFor:
                 self._holdFor = None
                 release = True
@@ -788,6 +894,8 @@ class GateProtocol(Protocol):
         record = RequestRecord.of(head, user, self._clock.seconds())
         record.bytesOut = len(response)
         record.status = status
+        if head is not None and self._metrics is not None:
+            record.route = self._metrics.routes.of(head)
         self._log(record, f"refused {status}: {message}")
         self._answerLast(response)
 
@@ -867,7 +975,18 @@ class GateProtocol(Protocol):
     def _logAnswered(self, record: RequestRecord) -> None:
         if record is self._sending:
             self._sending = None
-        log_request(self._peer, record, "done", self._clock.seconds())
+        now = self._clock.seconds()
+        log_request(self._peer, record, "done", now)
+        if self._metrics is not None:
+            self._metrics.requestDone(record)
+
+    def _streamOpened(self, record: RequestRecord) -> None:
+        record.streamOpen = True
+        self._metrics.streamOpened(record.stream)
+
+    def _streamClosed(self, record: RequestRecord, side: str) -> None:
+        record.streamOpen = False
+        self._metrics.streamClosed(record.stream, side)
 
     def _logOutstanding(self, outcome: str) -> None:
         """
@@ -879,6 +998,8 @@ class GateProtocol(Protocol):
             # Answered before its body was all sent: still to be logged.
             records.appendleft(sending)
         for record in records:
+            if record.streamOpen:
+                self._streamClosed(record, _side(self._firstToClose or outcome))
             if record.hijacked:
                 self._log(
                     record, f"stream closed, first by {self._firstToClose or outcome}"
@@ -888,3 +1009,17 @@ class GateProtocol(Protocol):
 
     def _log(self, record: RequestRecord, outcome: str, emit=None) -> None:
         log_request(self._peer, record, outcome, self._clock.seconds(), emit)
+        if self._metrics is not None:
+            self._metrics.requestDone(record)
+
+
+def _side(closedBy: str) -> str:
+    """
+    The C{closed_by} label of what closed a stream first ("client",
+    "docker closed", "the agent, stopping", "done" for an idle close).
+    """
+    if closedBy.startswith("client"):
+        return "client"
+    if closedBy.startswith("docker"):
+        return "docker"
+    return "agent"

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.proxy.test_gate -*-
 """
-The few answers the agent gives itself, shaped like dockerd's own errors.
+The few answers the agent gives itself: errors shaped like dockerd's own,
+and the metrics page.
 
 Clients such as the docker CLI and docker-py print the `message` field of a
 JSON error body, so a refusal by the agent reads like any other Docker error.
@@ -28,3 +29,14 @@ def error_response(
     ]
     lines.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def metrics_response(body: bytes) -> bytes:
+    """
+    The metrics page in the Prometheus text format, and a close: scrapes
+    come seconds apart, a connection is not worth keeping between them.
+    """
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
+        b"charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body

@@ -8,14 +8,22 @@ so a port that cannot be bound fails start-up instead of being logged and
 forgotten. SIGHUP reloads the certificate, key and client CA for new
 connections. On stop, listening ends first, then open connections get a
 grace period to finish before they are closed.
+
+The proxy's metrics live in the registry it is given (the agent's, shared
+with the reporter): the gate counts into them, and the gauges of the
+present are read from the gate, the throttle, the TLS material and the
+dockerd probe just before each scrape.
 """
 
 from __future__ import annotations
 
+import calendar
 import resource
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -25,6 +33,9 @@ from twisted.logger import Logger
 from haven_agent._twisted.docker_socket import docker_connector
 from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.config import ProxyConfig
+from haven_agent.metrics.proxy_metrics import ProxyMetrics
+from haven_agent.metrics.registry import new_registry
+from haven_agent.metrics.scrape import MetricsPage
 from haven_agent.proxy.auth import BasicAuthChecker, is_bcrypt_hash
 from haven_agent.proxy.connection_limits import ConnectionLimits
 from haven_agent.proxy.gate import GateFactory
@@ -58,6 +69,8 @@ class ProxyService(MultiService):
         tls: ReloadableServerOptions,
         gate: GateFactory,
         reactor: Any,
+        metrics: ProxyMetrics,
+        metricsPage: MetricsPage,
     ) -> None:
         super().__init__()
         self._config = config
@@ -65,6 +78,9 @@ class ProxyService(MultiService):
         self._gate = gate
         self._reactor = reactor
         self._restoreSignal = None
+        self.metrics = metrics
+        #: What `GET /_agent/metrics` answers (see `metrics.scrape`).
+        self.metricsPage = metricsPage
         #: Called after each SIGHUP reload (the worker pool's forwarding).
         self.onReload: list[Callable[[], None]] = []
         #: The SO_REUSEPORT listeners, when the proxy runs in several
@@ -73,6 +89,13 @@ class ProxyService(MultiService):
         #: Say how to reach and trust the proxy at start-up: the agent
         #: process does, its workers need not repeat it.
         self.announce = True
+
+    def useMetricsPage(self, render: Callable[[], Deferred[bytes]]) -> None:
+        """
+        Answer C{GET /_agent/metrics} with what C{render} gives (a worker
+        serves the page the agent composes).
+        """
+        self._gate.metricsPage = render
 
     def startService(self) -> None:
         if self.announce:
@@ -83,7 +106,10 @@ class ProxyService(MultiService):
             self._reactor, self._tls, also=self._reloaded
         )
 
-    def _reloaded(self) -> None:
+    def _reloaded(self, ok: bool) -> None:
+        self.metrics.reloads.labels("ok" if ok else "failed").inc()
+        if ok:
+            self.metrics.lastReload.set(self._reactor.seconds())
         for hook in self.onReload:
             hook()
 
@@ -158,6 +184,49 @@ def load_tls_material(config: ProxyConfig) -> tuple[ServerCertificate, bytes | N
     )
 
 
+def _timestamp(moment) -> float:
+    return float(calendar.timegm(moment.utctimetuple()))
+
+
+def earliest_expiry(pem: bytes) -> float | None:
+    """
+    When the first of the certificates in C{pem} expires, as a Unix time.
+    """
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return None
+    return min(_timestamp(c.not_valid_after_utc) for c in certificates)
+
+
+def present_gauges(
+    gate: GateFactory, tls: ReloadableServerOptions, throttle: FailureThrottle
+) -> Callable[[ProxyMetrics], Deferred[None]]:
+    """
+    What sets the proxy's gauges of the present before a scrape.
+    """
+
+    def refresh(metrics: ProxyMetrics) -> Deferred[None]:
+        states = dict.fromkeys(("unauthenticated", "http", "stream"), 0)
+        for connection in gate.connections:
+            states[connection.state] += 1
+        for state, count in states.items():
+            metrics.openConnections.labels(state).set(count)
+        metrics.throttledSources.set(throttle.throttled())
+        metrics.certificateExpiry.labels("server").set(
+            _timestamp(tls.current_certificate.not_after)
+        )
+        clientCA = tls.client_ca_pem
+        expiry = earliest_expiry(clientCA) if clientCA is not None else None
+        if expiry is not None:
+            metrics.certificateExpiry.labels("client_ca").set(expiry)
+        asking = gate.probe.isUp()
+        asking.addCallback(lambda up: metrics.dockerUp.set(1 if up else 0))
+        return asking
+
+    return refresh
+
+
 def raise_file_limit() -> None:
     """
     Lift the soft limit on open files to the hard one: each proxied
@@ -178,12 +247,14 @@ def build_proxy_service(
     reactor,
     threads: ThreadPools,
     reusePort: list[ListenAddress] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> ProxyService:
     """
     The proxy, listening as C{config.listen} says, or, with C{reusePort},
     on those addresses through SO_REUSEPORT sockets that other processes
     of the agent share. Passwords are checked in C{threads}' CPU pool; the
     caller makes the proxy a child of C{threads}, so that they outlive it.
+    Its metrics go into C{registry} (a new one when not given).
     """
     tls = ReloadableServerOptions(lambda: load_tls_material(config))
     checker = BasicAuthChecker(
@@ -196,6 +267,13 @@ def build_proxy_service(
             else None
         ),
     )
+    if registry is None:
+        registry = new_registry()
+    users = [config.user]
+    if config.readOnlyPassword is not None:
+        users.append(config.readOnlyUser)
+    metrics = ProxyMetrics(registry, users)
+    throttle = FailureThrottle(reactor)
     gate = GateFactory(
         checker=checker,
         connectDocker=docker_connector(reactor, config.docker),
@@ -204,8 +282,9 @@ def build_proxy_service(
         firstHeadTimeout=config.firstHeadTimeout,
         nextHeadTimeout=config.nextHeadTimeout,
         authMode=config.authMode,
-        throttle=FailureThrottle(reactor),
+        throttle=throttle,
         idleTimeout=config.idleTimeout,
+        metrics=metrics,
         limits=ConnectionLimits(
             maxConnections=config.maxConnections,
             maxUnauthenticated=config.maxUnauthenticated,
@@ -217,7 +296,10 @@ def build_proxy_service(
             ),
         ),
     )
-    service = ProxyService(config, tls, gate, reactor)
+    metrics.refreshers.append(present_gauges(gate, tls, throttle))
+    page = MetricsPage(registry, threads.defer_to_cpu, metrics.refresh)
+    gate.metricsPage = page.render
+    service = ProxyService(config, tls, gate, reactor, metrics, page)
     CertificateWatch(tls, reactor).setServiceParent(service)
     wrapped = wrapWithHalfCloseableTLS(
         tls, gate, clock=reactor, helloTimeout=config.helloTimeout

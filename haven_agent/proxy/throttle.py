@@ -65,6 +65,17 @@ class FailureThrottle:
             )
         return self.delay(count)
 
+    def throttled(self) -> int:
+        """
+        How many sources would have their next refusal delayed now.
+        """
+        now = self._clock.seconds()
+        return sum(
+            1
+            for count, last in self._failures.values()
+            if count >= 1 and now - last <= self.forgetAfter
+        )
+
     def delay(self, count: int) -> float:
         """
         The wait before the refusal of failure number C{count} (1 is free).

@@ -333,6 +333,7 @@ class ReporterService(_PeriodicService):
     @ivar debounce: seconds an early report waits, gathering further
         requests into one.
     @ivar accepted_reports: how many reports the master accepted.
+    @ivar metrics: counts each attempt by outcome (see `reporter_metrics`).
     """
 
     _clock: IReactorTime
@@ -346,8 +347,10 @@ class ReporterService(_PeriodicService):
     request_timeout: float = field(default=30.0, validator=_positive)
     max_backoff: float = field(default=300.0, validator=_positive)
     debounce: float = field(default=2.0, validator=_not_negative)
+    metrics: Any = None
 
     accepted_reports: int = field(init=False, default=0)
+    _started: float = field(init=False, default=0.0)
     _schedule: _Schedule = field(init=False)
     _outcome: str | None = field(init=False, default=None)
     #: Failed attempts since the master last accepted a report.
@@ -369,9 +372,22 @@ class ReporterService(_PeriodicService):
         )
 
     def _report_once(self) -> Deferred[_Outcome]:
+        self._started = self._clock.seconds()
         collected: Deferred[Any] = maybeDeferred(self._collect)
         collected.addCallbacks(self._send, self._collect_failed)
         return collected
+
+    def _collect_failed(self, failure: Failure) -> _Outcome:
+        if self.running:
+            self._count("collect_failed", reached=False)
+        return super()._collect_failed(failure)
+
+    def _count(self, outcome: str, reached: bool = True) -> None:
+        if self.metrics is not None:
+            now = self._clock.seconds()
+            self.metrics.reported(
+                outcome, now - self._started if reached else None, now
+            )
 
     def _send(self, body: dict[str, Any]) -> Deferred[_Outcome]:
         try:
@@ -414,6 +430,7 @@ class ReporterService(_PeriodicService):
         code, body = answer
         url = _loggable(self.url)
         if 200 <= code < 300:
+            self._count("accepted")
             self.accepted_reports += 1
             if self._outcome != "accepted":
                 self.log.info(
@@ -431,6 +448,7 @@ class ReporterService(_PeriodicService):
             self._failedAttempts = 0
             return True
         if code == 401:
+            self._count("refused_secret")
             if self._changed("refused-secret"):
                 self.log.error(
                     REFUSED_SECRET + " ({configured}); the master at {url} "
@@ -443,6 +461,7 @@ class ReporterService(_PeriodicService):
                     url=url,
                 )
             return False
+        self._count("http_error")
         excerpt = body.decode("utf-8", "replace")[:BODY_EXCERPT]
         if self._changed(f"http-{code}"):
             self.log.warn(
@@ -459,6 +478,7 @@ class ReporterService(_PeriodicService):
         if not self.running:
             # Cancelled by stopService (treq wraps the CancelledError).
             return None
+        self._count("timeout" if failure.check(NoAnswer) else "unreachable")
         reasons = getattr(failure.value, "reasons", None)
         if reasons:
             reason = "; ".join(str(each.getErrorMessage()) for each in reasons)

@@ -24,6 +24,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from haven_agent._twisted.http_pool import quiet_pool
 from haven_agent.config import ReporterConfig
+from haven_agent.metrics.reporter_metrics import ReporterMetrics
 from haven_agent.reporting.collector import NodeCollector
 from haven_agent.reporting.docker_api import (
     DockerAPI,
@@ -47,9 +48,14 @@ class NodeReporting(MultiService):
     """
 
     def __init__(
-        self, config: ReporterConfig, reactor: Any, threads: ThreadPools
+        self,
+        config: ReporterConfig,
+        reactor: Any,
+        threads: ThreadPools,
+        metrics: ReporterMetrics | None = None,
     ) -> None:
         super().__init__()
+        self._metrics = metrics
         self._config = config
         self._reactor = reactor
         self._threads = threads
@@ -135,6 +141,7 @@ class NodeReporting(MultiService):
                 node_name=name,
                 secret=config.secret,
                 interval=config.interval,
+                metrics=self._metrics,
             )
         reporter.setServiceParent(self)
         DockerEventWatcher(

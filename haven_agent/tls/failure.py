@@ -61,3 +61,31 @@ def describe_tls_error(error: SSL.Error) -> str:
         return f"TLS failed: {error}" if str(error) else "TLS failed"
     meanings = [_MEANINGS.get(reason, reason) for reason in reasons]
     return "TLS failed: " + "; ".join(dict.fromkeys(meanings))
+
+
+#: OpenSSL reason strings that name a client certificate problem.
+_CERTIFICATE_OUTCOMES = {
+    "peer did not return a certificate": "no_client_certificate",
+    "certificate verify failed": "bad_client_certificate",
+}
+
+
+def handshake_outcome(reason: Failure | None) -> str:
+    """
+    How the TLS handshake of a connection that closed before completing
+    one failed, as the C{outcome} label of the handshake metric: a
+    client certificate missing or not signed by the client CA, no
+    ClientHello in time, or otherwise "failed".
+    """
+    if reason is None:
+        return "failed"
+    if isinstance(reason.value, NoClientHello):
+        return "timeout"
+    if isinstance(reason.value, SSL.Error):
+        queue = reason.value.args[0] if reason.value.args else []
+        for entry in queue if isinstance(queue, list) else ():
+            if isinstance(entry, tuple) and len(entry) == 3:
+                outcome = _CERTIFICATE_OUTCOMES.get(str(entry[2]))
+                if outcome is not None:
+                    return outcome
+    return "failed"

@@ -311,7 +311,7 @@ def install_reload_signal(
     reactor: Any,
     options: ReloadableServerOptions,
     signal_module: Any = signal,
-    also: Callable[[], None] | None = None,
+    also: Callable[[bool], None] | None = None,
 ) -> Callable[[], None]:
     """
     Reload C{options} on C{SIGHUP}.
@@ -327,8 +327,8 @@ def install_reload_signal(
 
     @param reactor: provides C{callFromThread} and C{seconds}.
     @param signal_module: the L{signal} module, or a stand-in for tests.
-    @param also: called after each reload, successful or not (the agent
-        passes the signal on to its worker processes).
+    @param also: called after each reload with whether it succeeded (the
+        agent counts it, and passes the signal on to its worker processes).
     @return: a function restoring the previous C{SIGHUP} handler; calling it
         more than once is harmless.
     """
@@ -342,13 +342,15 @@ def install_reload_signal(
 
     def reload_now() -> None:
         log.info("SIGHUP: reloading the TLS certificate, key and client CA")
+        reloaded = False
         try:
-            if options.reload():
+            reloaded = options.reload()
+            if reloaded:
                 _warn_if_expiring(options.current_certificate, reactor, WARN_DAYS)
         except Exception:
             log.failure("reloading the TLS certificate on SIGHUP failed")
         if also is not None:
-            also()
+            also(reloaded)
 
     def on_sighup(signum: int, frame: object) -> None:
         reactor.callFromThread(reload_now)

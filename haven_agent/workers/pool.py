@@ -24,6 +24,9 @@ same shutdown grace as the agent), SIGKILL if one is still there after the
 grace and a margin, forwards SIGHUP (certificate reload) to them, and
 restarts a worker that exits on its own, waiting longer after each quick
 failure so that a worker that cannot start does not spin.
+
+The metrics page is the sum over all processes: the agent asks each worker
+for a snapshot over its stdin and descriptor 3 (`metrics_pipe`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from attrs import asdict
@@ -45,6 +49,7 @@ from haven_agent.backoff import backoff_delay
 from haven_agent.config import ProxyConfig, Sources
 from haven_agent.logs.json_lines import JSONLinesObserver
 from haven_agent.proxy.reuse_port import ListenAddress
+from haven_agent.workers.metrics_pipe import AgentEnd, WorkerSnapshots
 
 log = Logger()
 
@@ -60,6 +65,8 @@ RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 30.0
 #: How much longer than the shutdown grace a worker gets before SIGKILL.
 KILL_MARGIN = 5.0
+#: The worker's descriptor its metrics messages come from.
+METRICS_FD = 3
 
 
 def worker_spec(
@@ -173,10 +180,23 @@ class WorkerProcess(ProcessProtocol):
         self._err = LineRelay(self.name, pool.logOutput)
         self.ended: Deferred[None] = Deferred()
         self.started = pool.clock.seconds()
+        self.metrics = AgentEnd(self.name, self._write, pool.renderMetrics, pool.clock)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
 
     def connectionMade(self) -> None:
-        # The settings; stdin then stays open as the lifeline.
+        # The settings; stdin then stays open as the lifeline, and carries
+        # the metrics messages.
         self.transport.write(self._pool.spec(self.index))
+        self._pool.snapshots.ends[self.index] = self.metrics
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == METRICS_FD:
+            self.metrics.dataReceived(data)
+        else:
+            super().childDataReceived(childFD, data)
 
     def outReceived(self, data: bytes) -> None:
         self._out.feed(data)
@@ -193,6 +213,9 @@ class WorkerProcess(ProcessProtocol):
     def processEnded(self, reason) -> None:
         self._out.flush()
         self._err.flush()
+        if self._pool.snapshots.ends.get(self.index) is self.metrics:
+            del self._pool.snapshots.ends[self.index]
+        self._pool.snapshots.retire(self.metrics)
         self._pool.workerEnded(self, reason)
         self.ended.callback(None)
 
@@ -213,8 +236,13 @@ class WorkerPool(Service):
         reactor: Any,
         executable: str = sys.executable,
         logLevel: LogLevel = LogLevel.info,
+        renderMetrics: Callable[[], Deferred[bytes]] | None = None,
     ) -> None:
         self._config = config
+        #: Composes the whole metrics page (the agent's `MetricsPage`).
+        self.renderMetrics = renderMetrics or (lambda: succeed(b""))
+        #: The workers' metrics, for the agent's page.
+        self.snapshots = WorkerSnapshots()
         self._logLevel = logLevel
         self._listeners = listeners
         self._logFormat = logFormat
@@ -266,7 +294,7 @@ class WorkerPool(Service):
             self._executable,
             [self._executable, "-m", "haven_agent.workers.worker"],
             env=env,
-            childFDs={0: "w", 1: "r", 2: "r"},
+            childFDs={0: "w", 1: "r", 2: "r", METRICS_FD: "r"},
         )
         self.workers[index] = worker
 

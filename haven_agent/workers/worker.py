@@ -6,7 +6,8 @@ Started by the agent (see `haven_agent.workers.pool`), never by hand: it reads
 its settings as one JSON line on stdin, serves the proxy on the agent's
 SO_REUSEPORT ports, logs to stdout in the agent's format, and stops
 gracefully on SIGTERM, or when stdin reaches end-of-file because the agent
-is gone.
+is gone. Its metrics go to the agent on request, and a scrape it receives
+is answered with the page the agent composes (`metrics_pipe`).
 """
 
 from __future__ import annotations
@@ -15,27 +16,33 @@ import os
 import signal
 import sys
 
-from twisted.internet.protocol import Protocol
 from twisted.logger import FileLogObserver, Logger, globalLogBeginner
 
 log = Logger()
 
 
-class Lifeline(Protocol):
+def agent_gone(reactor) -> None:
     """
     The agent holds the other end of stdin: end-of-file means it is gone.
     """
+    if reactor.running:
+        log.info("the agent process is gone; stopping")
+        reactor.stop()
 
-    def __init__(self, reactor) -> None:
-        self._reactor = reactor
 
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
-        if self._reactor.running:
-            log.info("the agent process is gone; stopping")
-            self._reactor.stop()
+def read_line(fd: int) -> bytes:
+    """
+    The first line of C{fd}, read a byte at a time: a buffered read could
+    take the agent's next messages with it, and they belong to the channel
+    that reads C{fd} afterwards.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 def main() -> None:
@@ -44,7 +51,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from haven_agent.workers.pool import read_worker_spec
 
-    line = sys.stdin.buffer.readline()
+    line = read_line(0)
     if not line:
         sys.exit("haven_agent.workers.worker: no settings on stdin (started by hand?)")
     config, addresses, logFormat, index, logLevel = read_worker_spec(line)
@@ -64,6 +71,8 @@ def main() -> None:
 
     from haven_agent.proxy.service import build_proxy_service
     from haven_agent.thread_pools import ThreadPools
+    from haven_agent.workers.metrics_pipe import WorkerEnd
+    from haven_agent.workers.pool import METRICS_FD
 
     # The pools hold the proxy, so they stop after it.
     service = ThreadPools(reactor)
@@ -71,11 +80,11 @@ def main() -> None:
     proxy.announce = False
     proxy.setServiceParent(service)
     service.privilegedStartService()
-    # stdin is the lifeline; its "stdout" is a descriptor of its own, since
-    # StandardIO makes it non-blocking and the log writes to the real one.
-    stdio.StandardIO(  # type: ignore[call-arg]
-        Lifeline(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY)
-    )
+    # stdin is the lifeline and brings the agent's metrics messages; the
+    # answers go out on their own descriptor (the log has stdout).
+    channel = WorkerEnd(proxy.metricsPage.own, reactor, lambda: agent_gone(reactor))
+    proxy.useMetricsPage(channel.page)
+    stdio.StandardIO(channel, stdin=0, stdout=METRICS_FD)  # type: ignore[call-arg]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     def start() -> None:

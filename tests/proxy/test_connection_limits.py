@@ -31,7 +31,12 @@ class LimitTests(SynchronousTestCase):
         self.assertIsNone(limits.arrived("10.0.0.5"))
         problem = limits.arrived("10.0.0.5")
         self.assertEqual(
-            problem, ("too many connections from 10.0.0.5 waiting to authenticate", 2)
+            problem,
+            (
+                "max_unauthenticated_per_source",
+                "too many connections from 10.0.0.5 waiting to authenticate",
+                2,
+            ),
         )
         self.assertIsNone(limits.arrived("10.0.0.6"))
         limits.left("10.0.0.5", None)
@@ -52,7 +57,7 @@ class LimitTests(SynchronousTestCase):
         self.assertIsNone(limits.authenticated("10.0.0.5", "viewer"))
         self.assertEqual(
             limits.authenticated("10.0.0.5", "viewer"),
-            ("too many connections of user viewer", 2),
+            ("max_connections_per_user", "too many connections of user viewer", 2),
         )
         self.assertIsNone(limits.arrived("10.0.0.7"))
         self.assertIsNone(limits.authenticated("10.0.0.7", "admin"))
@@ -63,7 +68,9 @@ class LimitTests(SynchronousTestCase):
         limits = ConnectionLimits(maxConnections=2, maxUnauthenticated=5)
         limits.arrived("a")
         limits.arrived("b")
-        self.assertEqual(limits.arrived("c"), ("too many connections", 2))
+        self.assertEqual(
+            limits.arrived("c"), ("max_connections", "too many connections", 2)
+        )
         for source in ("a", "b", "c"):
             limits.left(source, None)
         self.assertEqual((limits.connections, limits.unauthenticated), (0, 0))

@@ -18,6 +18,7 @@ from haven_agent.proxy.decision import (
     HEALTH,
     AccessDecision,
     Allow,
+    AnswerMetrics,
     Identity,
     Refuse,
 )
@@ -60,7 +61,10 @@ TABLE = [
         b"GET /info HTTP/1.1",
         b"",
         Refuse(
-            401, "authentication required: send HTTP Basic credentials", AUTHENTICATE
+            401,
+            "authentication required: send HTTP Basic credentials",
+            AUTHENTICATE,
+            reason="no_credentials",
         ),
     ),
     (
@@ -68,7 +72,12 @@ TABLE = [
         NO_CERT,
         b"GET /info HTTP/1.1",
         WRONG,
-        Refuse(401, "wrong user name or password", AUTHENTICATE),
+        Refuse(
+            401,
+            "wrong user name or password",
+            AUTHENTICATE,
+            reason="wrong_credentials",
+        ),
     ),
     ("password", NO_CERT, b"GET /_agent/health HTTP/1.1", b"", HEALTH),
     ("password", NO_CERT, b"HEAD /_agent/health HTTP/1.1", WRONG, HEALTH),
@@ -78,7 +87,10 @@ TABLE = [
         b"POST /_agent/health HTTP/1.1",
         b"",
         Refuse(
-            401, "authentication required: send HTTP Basic credentials", AUTHENTICATE
+            401,
+            "authentication required: send HTTP Basic credentials",
+            AUTHENTICATE,
+            reason="no_credentials",
         ),
     ),
     (
@@ -99,6 +111,41 @@ TABLE = [
         ),
     ),
     (
+        "password",
+        NO_CERT,
+        b"GET /_agent/metrics HTTP/1.1",
+        ADMIN,
+        AnswerMetrics(Allow("admin", "password")),
+    ),
+    (
+        "password",
+        NO_CERT,
+        b"GET /_agent/metrics HTTP/1.1",
+        b"",
+        Refuse(
+            401,
+            "authentication required: send HTTP Basic credentials",
+            AUTHENTICATE,
+            reason="no_credentials",
+        ),
+    ),
+    # Not a route of the read-only account: refused 403 below.
+    (
+        "password",
+        NO_CERT,
+        b"GET /_agent/metrics HTTP/1.1",
+        VIEWER,
+        Refuse(403, "user viewer is read-only"),
+    ),
+    # Any other method is not the agent's: dockerd answers it.
+    (
+        "password",
+        NO_CERT,
+        b"POST /_agent/metrics HTTP/1.1",
+        ADMIN,
+        Allow("admin", "password"),
+    ),
+    (
         "cert",
         CERT,
         b"POST /containers/create HTTP/1.1",
@@ -110,7 +157,7 @@ TABLE = [
         NO_CERT,
         b"GET /info HTTP/1.1",
         ADMIN,
-        Refuse(401, CERT_MESSAGE, AUTHENTICATE),
+        Refuse(401, CERT_MESSAGE, AUTHENTICATE, reason="no_client_certificate"),
     ),
     ("both", CERT, b"GET /info HTTP/1.1", ADMIN, Allow("admin", "cert+password")),
     (
@@ -118,14 +165,19 @@ TABLE = [
         NO_CERT,
         b"GET /info HTTP/1.1",
         ADMIN,
-        Refuse(401, CERT_MESSAGE, AUTHENTICATE),
+        Refuse(401, CERT_MESSAGE, AUTHENTICATE, reason="no_client_certificate"),
     ),
     (
         "both",
         CERT,
         b"GET /info HTTP/1.1",
         WRONG,
-        Refuse(401, "wrong user name or password", AUTHENTICATE),
+        Refuse(
+            401,
+            "wrong user name or password",
+            AUTHENTICATE,
+            reason="wrong_credentials",
+        ),
     ),
 ]
 
@@ -145,7 +197,7 @@ class VerdictTableTests(SynchronousTestCase):
                 self.assertIsInstance(got, Refuse, (mode, line))
                 self.assertEqual(got.status, 403)
                 self.assertTrue(got.message.startswith("user viewer is read-only: "))
-                self.assertTrue(got.message.endswith("(POST /containers/create)"))
+                self.assertTrue(got.message.endswith(request.apiPath.decode() + ")"))
                 continue
             self.assertEqual(got, expected, (mode, who, line, auth))
             self.assertEqual(

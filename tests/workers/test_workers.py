@@ -19,6 +19,7 @@ import struct
 import time
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -152,6 +153,7 @@ class WorkerProcessOutputTests(TestCase):
         class Pool:
             logOutput = io.StringIO()
             clock = Clock()
+            renderMetrics = None
 
         worker = WorkerProcess(Pool, 1)
         worker.outReceived(b"GET /_ping: do")
@@ -284,6 +286,29 @@ def ping(agent: AgentProcess) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+def scrape(agent: AgentProcess) -> float:
+    """
+    GET /_agent/metrics on a new TLS connection: the /_ping requests
+    answered 200, as the page says.
+    """
+    with agent.tls_socket() as tls:
+        tls.sendall(
+            b"GET /_agent/metrics HTTP/1.1\r\nHost: docker\r\n"
+            b"Authorization: " + agent.authorization().encode() + b"\r\n\r\n"
+        )
+        answer = read_until_closed(tls)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "haven_agent_http_requests_total"
+        and sample.labels["route"] == "/_ping"
+        and sample.labels["code"] == "200"
+    )
+
+
 def workers_of(agent: AgentProcess) -> list[psutil.Process]:
     return [
         child
@@ -344,10 +369,30 @@ class WorkerProcessTests(TestCase):
             self.assertRegex(line, r"^\S+ \[haven_agent\.requests#info\] 127\.0\.0\.1")
 
     @inlineCallbacks
+    def test_metricsSumOverProcesses(self):
+        """
+        Whichever process a scrape reaches, it answers the sum over all
+        three: every request counted once.
+        """
+        for _ in range(30):
+            yield deferToThread(ping, self.agent)
+        yield self.waitFor(lambda: len(self.logLines("GET /_ping:")) == 30)
+        counts = []
+        for _ in range(8):
+            counts.append((yield deferToThread(scrape, self.agent)))
+        self.assertEqual(counts, [30] * 8)
+
+    @inlineCallbacks
     def test_workerRestarted(self):
         """
-        A worker that dies is started again, and the agent keeps answering.
+        A worker that dies is started again, and the agent keeps answering;
+        the requests it counted stay in the sum.
         """
+        for _ in range(20):
+            yield deferToThread(ping, self.agent)
+        yield self.waitFor(lambda: len(self.logLines("GET /_ping:")) == 20)
+        before = yield deferToThread(scrape, self.agent)
+        self.assertEqual(before, 20)
         victim = workers_of(self.agent)[0]
         victim.kill()
         yield self.waitFor(lambda: self.logLines("starting it again"))
@@ -359,6 +404,9 @@ class WorkerProcessTests(TestCase):
         )
         status, _ = yield deferToThread(ping, self.agent)
         self.assertEqual(status, 200)
+        yield self.waitFor(lambda: len(self.logLines("GET /_ping:")) == 21)
+        after = yield deferToThread(scrape, self.agent)
+        self.assertEqual(after, 21)
 
     @inlineCallbacks
     def test_sighupReachesWorkers(self):
