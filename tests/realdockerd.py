@@ -31,6 +31,9 @@ import tarfile
 import tempfile
 import threading
 import time
+import unittest
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = [
     "output_tail",
@@ -70,6 +73,9 @@ _DOCKER_ENV_VARS = (
     "DOCKER_DEFAULT_PLATFORM",
 )
 _CA_ENV_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+T = TypeVar("T")
 
 
 class DockerdUnavailable(Exception):
@@ -120,7 +126,7 @@ def _is_static_elf(path: str) -> bool:
         return True
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 10.0):
         super().__init__("localhost", timeout=timeout)
         self._unix_path = path
@@ -479,7 +485,7 @@ class RealDockerd:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """One HTTP request over the UNIX socket; returns (status, body)."""
-        conn = _UnixHTTPConnection(self.socket_path, timeout=timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
@@ -492,6 +498,20 @@ _shared: RealDockerd | None = None
 _shared_error: DockerdUnavailable | None = None
 _shared_lock = threading.Lock()
 _atexit_registered = False
+
+
+def require(start: Callable[[], T]) -> T:
+    """
+    C{start()}, whose L{DockerdUnavailable} is a skip naming what is
+    missing, or a failure when HAVEN_AGENT_REQUIRE_DOCKERD says the machine
+    must run dockerd (as in .ci/run).
+    """
+    try:
+        return start()
+    except DockerdUnavailable as e:
+        if os.environ.get("HAVEN_AGENT_REQUIRE_DOCKERD"):
+            raise AssertionError(f"a real dockerd is required here: {e}") from None
+        raise unittest.SkipTest(str(e)) from None
 
 
 def shared_dockerd() -> RealDockerd:

@@ -52,8 +52,8 @@ from tests.realdockerd import (
     IMAGE,
     DockerdUnavailable,
     RealDockerd,
+    UnixHTTPConnection,
     _is_static_elf,
-    _UnixHTTPConnection,
     clean_docker_env,
 )
 
@@ -388,7 +388,7 @@ class RealPodman(RealDockerd):
             )
 
     def _ping(self) -> tuple[int, bytes, str | None]:
-        conn = _UnixHTTPConnection(self.socket_path, timeout=2.0)
+        conn = UnixHTTPConnection(self.socket_path, timeout=2.0)
         try:
             conn.request("GET", "/_ping")
             resp = conn.getresponse()

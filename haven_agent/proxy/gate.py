@@ -38,7 +38,7 @@ arrived. Established streams never time out: the Haven master keeps
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -82,6 +82,7 @@ from haven_agent.proxy.decision import (
     AnswerMetrics,
     Identity,
     Refuse,
+    Rule,
 )
 from haven_agent.proxy.health import DockerProbe, health_response
 from haven_agent.proxy.http_head import HeadError, HeadReader, RequestHead
@@ -152,11 +153,19 @@ class GateFactory(Factory):
     #: is answered with; None where nobody asks (unit tests of the gate).
     metrics: ProxyMetrics | None = None
     metricsPage: Callable[[], Deferred[bytes]] | None = None
+    #: The rules an authenticated request must pass (the policy's); None
+    #: for the decision's defaults (the read-only account's route list).
+    rules: Sequence[Rule] | None = None
     decision: AccessDecision = field(init=False)
     connections: set[GateProtocol] = field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
-        self.decision = AccessDecision(self.checker, self.authMode, self.throttle)
+        if self.rules is None:
+            self.decision = AccessDecision(self.checker, self.authMode, self.throttle)
+        else:
+            self.decision = AccessDecision(
+                self.checker, self.authMode, self.throttle, self.rules
+            )
         if self.probe is None:
             self.probe = DockerProbe(self.connectDocker, self.clock)
 
@@ -484,7 +493,9 @@ class GateProtocol(Protocol):
             # Allowed and forwarded at once (dockerd already connected).
             self._continue()
 
-    def _apply(self, verdict: Allow | Refuse | AnswerHealth, head: RequestHead) -> None:
+    def _apply(
+        self, verdict: Allow | Refuse | AnswerHealth | AnswerMetrics, head: RequestHead
+    ) -> None:
         """
         Act on C{head}'s verdict, known at once or later: the one place
         each kind of verdict is acted on.
@@ -501,14 +512,23 @@ class GateProtocol(Protocol):
         else:
             raise TypeError(f"not a verdict: {verdict!r}")
 
-    def _allowed(self, allowed: Allow, head: RequestHead) -> None:
+    def _authenticated(self, allowed: Allow) -> bool:
+        """
+        Count the connection against C{allowed}'s user at its first allowed
+        request; False when that is over the user's limit (refused).
+        """
         if self._user is None:
             self._user = allowed.user
             self._idleWatch = allowed.readOnly
             overload = self._factory.limits.authenticated(self._source, allowed.user)
             if overload is not None:
                 self._overloaded(overload)
-                return
+                return False
+        return True
+
+    def _allowed(self, allowed: Allow, head: RequestHead) -> None:
+        if not self._authenticated(allowed):
+            return
         if self._splice.docker is None:
             self._connectDocker(head, allowed)
         else:
@@ -559,6 +579,8 @@ class GateProtocol(Protocol):
         self._answerLast(response)
 
     def _answerMetrics(self, head: RequestHead, allowed: Allow) -> None:
+        if not self._authenticated(allowed):
+            return
         if self._phase is Phase.READING:
             self._enter(Phase.DECIDING)
         page = self._factory.metricsPage
@@ -688,7 +710,7 @@ class GateProtocol(Protocol):
                     if front.stream is not None:
                         # A stream that ended in its first read.
                         self._streamOpened(front)
-                        self._streamClosed(front, "docker")
+                        self._streamClosed(front, self._endedBy())
                     front.bytesOut += len(data)
                     front.answered = True
                     if front.sent:
@@ -724,7 +746,7 @@ class GateProtocol(Protocol):
                 records.popleft()
                 front.answered = True
                 if front.streamOpen:
-                    self._streamClosed(front, "docker")
+                    self._streamClosed(front, self._endedBy())
                 if front.sent:
                     self._logAnswered(front)
                 if records and position < len(data):
@@ -979,6 +1001,14 @@ class GateProtocol(Protocol):
         log_request(self._peer, record, "done", now)
         if self._metrics is not None:
             self._metrics.requestDone(record)
+
+    def _endedBy(self) -> str:
+        """
+        Who ended a streamed answer that dockerd finished: the client, when
+        it had closed its side first (dockerd ends `events` or `logs -f`
+        once its input ends), else dockerd.
+        """
+        return _side(self._firstToClose or "docker")
 
     def _streamOpened(self, record: RequestRecord) -> None:
         record.streamOpen = True

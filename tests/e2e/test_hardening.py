@@ -34,7 +34,6 @@ import ssl
 import subprocess
 import threading
 import time
-import unittest
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -53,6 +52,7 @@ from tests.realdockerd import (
     RealDockerd,
     clean_docker_env,
     output_tail,
+    require,
     shared_dockerd,
 )
 
@@ -68,16 +68,6 @@ _TEXT_REQUEST = re.compile(
     r"^\S+ \[haven_agent\.requests#\w+\] (?P<peer>\S+) (?P<user>\S+) "
     r"(?P<method>\S+) (?P<path>\S+): (?P<outcome>[^;\n]*)"
 )
-
-
-def _require(start):
-    """Call `start()`; DockerdUnavailable becomes a skip, or a failure in CI."""
-    try:
-        return start()
-    except DockerdUnavailable as e:
-        if os.environ.get("HAVEN_AGENT_REQUIRE_DOCKERD"):
-            raise AssertionError(f"a real dockerd is required here: {e}") from None
-        raise unittest.SkipTest(str(e)) from None
 
 
 # -- a second private dockerd that may be stopped and started again -----------
@@ -225,7 +215,7 @@ class HardeningCase(SynchronousTestCase):
     """Agents started per test, command helpers, and log checks."""
 
     def setUp(self) -> None:
-        self.dockerd = _require(shared_dockerd)
+        self.dockerd = require(shared_dockerd)
 
     # -- agents ---------------------------------------------------------------
 
@@ -883,7 +873,7 @@ class DockerdFaultTests(HardeningCase):
     """dockerd stopped and started under the agent (a private dockerd)."""
 
     def setUp(self) -> None:
-        self.daemon = _require(faults_dockerd)
+        self.daemon = require(faults_dockerd)
         self.dockerd = self.daemon
         # Whatever happens, leave dockerd running for the next test.
         self.addCleanup(self.daemon.start_daemon)
