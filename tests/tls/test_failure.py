@@ -8,7 +8,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.tls.failure import describe_close
+from haven_agent.tls.failure import NoClientHello, describe_close, handshake_outcome
 
 
 class DescribeCloseTests(SynchronousTestCase):
@@ -44,3 +44,23 @@ class DescribeCloseTests(SynchronousTestCase):
 
     def test_none(self) -> None:
         self.assertEqual(describe_close(None), "closed")
+
+
+class HandshakeOutcomeTests(SynchronousTestCase):
+    """
+    The outcome label of a handshake that never completed.
+    """
+
+    def test_outcomes(self) -> None:
+        def tls(reason: str) -> Failure:
+            return Failure(SSL.Error([("SSL routines", "", reason)]))
+
+        for reason, outcome in [
+            (tls("peer did not return a certificate"), "no_client_certificate"),
+            (tls("certificate verify failed"), "bad_client_certificate"),
+            (tls("http request"), "failed"),
+            (Failure(NoClientHello(5.0)), "timeout"),
+            (Failure(ConnectionDone()), "failed"),
+            (None, "failed"),
+        ]:
+            self.assertEqual(handshake_outcome(reason), outcome, reason)
