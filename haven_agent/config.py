@@ -80,6 +80,8 @@ class ProxyConfig:
     metricsListen: str | None = None
     #: Whether the metrics include the node's (node_exporter's names).
     nodeMetrics: bool = True
+    #: The policy file (see haven_agent.policy), if any.
+    policy: str | None = None
     sources: Sources = field(factory=Sources, eq=False, repr=False)
 
 

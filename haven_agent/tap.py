@@ -75,6 +75,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "shutdown-grace": ("HAVEN_AGENT_SHUTDOWN_GRACE",),
     "workers": ("HAVEN_AGENT_WORKERS",),
     "metrics-listen": ("HAVEN_AGENT_METRICS_LISTEN",),
+    "policy": ("HAVEN_AGENT_POLICY",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
     "log-level": ("HAVEN_AGENT_LOG_LEVEL",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
@@ -240,6 +241,15 @@ class Options(usage.Options):
             "Processes serving the proxy, this one included; more than one "
             "shares each TCP port with SO_REUSEPORT (limits apply per process) "
             "[env HAVEN_AGENT_WORKERS; default 1]",
+        ],
+        [
+            "policy",
+            None,
+            None,
+            "Per-credential API policy: a TOML file of users, identities and "
+            "profiles (see docs/policy.md); checked at start and on SIGHUP "
+            "[env HAVEN_AGENT_POLICY; default: the admin full, the read-only "
+            "account read-only]",
         ],
         [
             "metrics-listen",
@@ -423,6 +433,25 @@ class Options(usage.Options):
         Print the agent's version and those of what it runs on, and exit.
         """
         print(version_line())
+        raise SystemExit(0)
+
+    def opt_check_policy(self, path: str) -> None:
+        """
+        Check a policy file and print each identity's profile, then exit
+        (status 1 when the file is not a valid policy).
+        """
+        from haven_agent.policy.policy_file import PolicyError, load_policy
+
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            print(f"haven-agent: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"{path}: a valid policy")
+        for line in policy.describe():
+            print(f"  {line}")
+        if not policy.identities and not policy.certificates:
+            print("  (no identities: every request but /_ping will be refused)")
         raise SystemExit(0)
 
     def opt_listen(self, endpoint: str) -> None:
@@ -629,6 +658,7 @@ class Options(usage.Options):
             authMode=authMode,
             readOnlyUser=readOnlyUser,
             readOnlyPassword=readOnlyPassword,
+            policy=self._policy(readOnlyUser if readOnlyPassword else None),
             maxConnections=self._count("max-connections", 10_000),
             maxUnauthenticated=self._count("max-unauthenticated", 512),
             maxUnauthenticatedPerSource=self._count(
@@ -646,6 +676,26 @@ class Options(usage.Options):
             sources=Sources(dict(self._sources)),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
+
+    def _policy(self, readOnlyUser: str | None) -> str | None:
+        path = self._fromEnvironment("policy")
+        if path is None:
+            return None
+        from haven_agent.policy.policy_file import PolicyError, load_policy
+
+        source = self._source("policy")
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            raise usage.UsageError(f"{source} {e}") from None
+        taken = {self._fromEnvironment("user") or "admin", readOnlyUser}
+        clash = sorted(taken & set(policy.users))
+        if clash:
+            raise usage.UsageError(
+                f"{source} {path}: user {clash[0]!r} is given by the options "
+                f"already; give it a profile in [identities] instead"
+            )
+        return path
 
     def _metricsListen(self) -> str | None:
         endpoint = self._fromEnvironment("metrics-listen")

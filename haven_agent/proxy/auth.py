@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import bcrypt
@@ -104,18 +104,36 @@ class BasicAuthChecker:
         runInThread: Callable[..., Deferred[Any]],
         cacheSize: int = 1024,
         readOnly: tuple[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
-        self._accounts = [Account.of(user, secret)]
+        self._own = [Account.of(user, secret)]
         if readOnly is not None:
             readOnlyUser, readOnlySecret = readOnly
             if readOnlyUser == user:
                 raise ValueError("the read-only user must differ from the user")
-            self._accounts.append(Account.of(readOnlyUser, readOnlySecret, True))
+            self._own.append(Account.of(readOnlyUser, readOnlySecret, True))
+        self._accounts = list(self._own)
         self._runInThread = runInThread
         self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
+        self.replaceExtra(extra or {})
         self._pending: dict[bytes, list[Deferred[str | None]]] = {}
         self._cacheSize = cacheSize
         self.bcryptRuns = 0
+
+    def replaceExtra(self, extra: Mapping[str, str]) -> None:
+        """
+        Use C{extra} (name -> secret: the policy file's users) besides the
+        options' accounts, from now on; remembered bcrypt verdicts go, so a
+        removed user's cached credential no longer counts.
+
+        @raise ValueError: an extra user has the name of an options' one.
+        """
+        taken = {account.user.decode("utf-8") for account in self._own}
+        clash = sorted(taken & set(extra))
+        if clash:
+            raise ValueError(f"user {clash[0]!r} is already given by the options")
+        self._accounts = self._own + [Account.of(n, s) for n, s in extra.items()]
+        self._verdicts.clear()
 
     def isReadOnly(self, name: str) -> bool:
         """

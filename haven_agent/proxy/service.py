@@ -36,6 +36,8 @@ from haven_agent.config import ProxyConfig
 from haven_agent.metrics.proxy_metrics import ProxyMetrics
 from haven_agent.metrics.registry import new_registry
 from haven_agent.metrics.scrape import MetricsPage
+from haven_agent.policy.enforcement import PolicyRule
+from haven_agent.policy.policy_file import PolicyError, load_policy
 from haven_agent.proxy.auth import BasicAuthChecker, is_bcrypt_hash
 from haven_agent.proxy.connection_limits import ConnectionLimits
 from haven_agent.proxy.gate import GateFactory
@@ -83,6 +85,8 @@ class ProxyService(MultiService):
         self.metricsPage = metricsPage
         #: Called after each SIGHUP reload (the worker pool's forwarding).
         self.onReload: list[Callable[[], None]] = []
+        #: Reloads the policy file on SIGHUP, when there is one.
+        self.policyReload: PolicyReload | None = None
         #: The SO_REUSEPORT listeners, when the proxy runs in several
         #: processes.
         self.reusePortListeners: list[ReusePortListener] = []
@@ -107,6 +111,8 @@ class ProxyService(MultiService):
         )
 
     def _reloaded(self, ok: bool) -> None:
+        if self.policyReload is not None:
+            ok = self.policyReload() and ok
         self.metrics.reloads.labels("ok" if ok else "failed").inc()
         if ok:
             self.metrics.lastReload.set(self._reactor.seconds())
@@ -184,6 +190,33 @@ def load_tls_material(config: ProxyConfig) -> tuple[ServerCertificate, bytes | N
     )
 
 
+class PolicyReload:
+    """
+    Reads the policy file again on SIGHUP: checked whole first, then its
+    users and rules swapped in; a file that does not check keeps the
+    policy in force, and its problem (file:line) is logged.
+    """
+
+    def __init__(self, path: str, checker: BasicAuthChecker, rule: PolicyRule) -> None:
+        self._path = path
+        self._checker = checker
+        self._rule = rule
+
+    def __call__(self) -> bool:
+        try:
+            policy = load_policy(self._path)
+            self._checker.replaceExtra(policy.users)
+        except (PolicyError, ValueError) as e:
+            log.error(
+                "policy reload failed, the policy in force stays: {problem}",
+                problem=str(e),
+            )
+            return False
+        self._rule.replace(policy)
+        log.info("reloaded the policy {path}", path=self._path)
+        return True
+
+
 def _timestamp(moment) -> float:
     return float(calendar.timegm(moment.utctimetuple()))
 
@@ -257,21 +290,38 @@ def build_proxy_service(
     Its metrics go into C{registry} (a new one when not given).
     """
     tls = ReloadableServerOptions(lambda: load_tls_material(config))
-    checker = BasicAuthChecker(
-        config.user,
-        config.password,
-        threads.defer_to_cpu,
-        readOnly=(
-            (config.readOnlyUser, config.readOnlyPassword)
-            if config.readOnlyPassword is not None
-            else None
-        ),
-    )
+    policy = None
+    if config.policy is not None:
+        try:
+            policy = load_policy(config.policy)
+        except PolicyError as e:
+            raise StartupError(f"{config.sources.of('policy')} {e}") from None
+    try:
+        checker = BasicAuthChecker(
+            config.user,
+            config.password,
+            threads.defer_to_cpu,
+            readOnly=(
+                (config.readOnlyUser, config.readOnlyPassword)
+                if config.readOnlyPassword is not None
+                else None
+            ),
+            extra=policy.users if policy is not None else None,
+        )
+    except ValueError as e:
+        if policy is None:
+            raise
+        raise StartupError(
+            f"{config.sources.of('policy')} {config.policy}: {e}"
+        ) from None
+    policyRule = PolicyRule(policy) if policy is not None else None
     if registry is None:
         registry = new_registry()
     users = [config.user]
     if config.readOnlyPassword is not None:
         users.append(config.readOnlyUser)
+    if policy is not None:
+        users.extend(policy.identities)
     metrics = ProxyMetrics(registry, users)
     throttle = FailureThrottle(reactor)
     gate = GateFactory(
@@ -285,6 +335,7 @@ def build_proxy_service(
         throttle=throttle,
         idleTimeout=config.idleTimeout,
         metrics=metrics,
+        rules=None if policyRule is None else (policyRule,),
         limits=ConnectionLimits(
             maxConnections=config.maxConnections,
             maxUnauthenticated=config.maxUnauthenticated,
@@ -300,6 +351,8 @@ def build_proxy_service(
     page = MetricsPage(registry, threads.defer_to_cpu, metrics.refresh)
     gate.metricsPage = page.render
     service = ProxyService(config, tls, gate, reactor, metrics, page)
+    if policyRule is not None:
+        service.policyReload = PolicyReload(config.policy, checker, policyRule)
     CertificateWatch(tls, reactor).setServiceParent(service)
     wrapped = wrapWithHalfCloseableTLS(
         tls, gate, clock=reactor, helloTimeout=config.helloTimeout

@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.policy.test_enforcement -*-
+"""
+The policy as one rule of the access decision (`proxy.decision.Rule`).
+
+After authentication, the identity's profile judges the request: none for
+an identity the policy does not list (it gets nothing), a 400 for a path a
+restricted identity sends in a form other than the canonical one, a 403
+whose message the docker CLI prints ("haven-agent: profile "ci" denies POST
+/containers/create: no rule allows it") for what the profile denies, or in
+log mode one log line and the request forwarded. The policy is swapped as
+a whole on reload (`replace`), so a request is judged by the old policy or
+the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from haven_agent.policy.policy_file import Policy
+from haven_agent.policy.route_rules import canonical_problem
+from haven_agent.proxy.decision import Allow, Refuse
+from haven_agent.proxy.http_head import RequestHead
+from haven_agent.proxy.log_safe import printable_bytes
+
+log = Logger(namespace="haven_agent.policy")
+
+
+class PolicyRule:
+    """
+    Judges each allowed request by its identity's profile.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def replace(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | None:
+        byCertificate = allowed.auth == "cert"
+        profile = self.policy.profile_of(allowed.user, byCertificate)
+        who = ("certificate " if byCertificate else "user ") + allowed.user
+        request = f"{printable_bytes(head.method)} {printable_bytes(head.apiPath)}"
+        if profile is None:
+            return self._refuse(
+                403, f"haven-agent: {who} has no profile in the policy", allowed
+            )
+        if profile.everything:
+            return None
+        problem = canonical_problem(head)
+        if problem is not None:
+            status, message = 400, (
+                f"haven-agent: {problem}: profile {profile.name!r} takes paths "
+                f"in canonical form only"
+            )
+        else:
+            denial = profile.denial(head)
+            if denial is None:
+                return None
+            status, message = 403, (
+                f'haven-agent: profile "{profile.name}" denies {request}: {denial}'
+            )
+        if profile.mode == "log":
+            log.info(
+                "{who} {request}: would be refused {status} ({message}); "
+                "forwarded, profile {profile} is in log mode",
+                who=who,
+                request=request,
+                status=status,
+                message=message,
+                profile=profile.name,
+                identity=allowed.user,
+                rule=message,
+                event="policy would deny",
+            )
+            return None
+        return self._refuse(status, message, allowed)
+
+    @staticmethod
+    def _refuse(status: int, message: str, allowed: Allow) -> Refuse:
+        return Refuse(status, message, user=allowed.user)
