@@ -165,6 +165,8 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"^[0-9a-fA-F]{1,16}$")
 _VERSION_PREFIX = re.compile(r"^/v[0-9.]+(?=/)")
+#: Answered 201 with the request's own bytes (head and body as they came).
+CREATE = "/containers/create"
 _ATTACH = re.compile(r"^/containers/[^/]+/attach$")
 _EXEC_START = re.compile(r"^/exec/[^/]+/start$")
 _MAX_CHUNK_LINE = 4096
@@ -532,7 +534,7 @@ class FakeDockerdProtocol(Protocol):
             return False
         self.factory.requests.append(request)
         self._request = request
-        keep_raw = request.path.startswith("/echo-head")
+        keep_raw = request.path.startswith("/echo-head") or request.path == CREATE
         self._body = _Body(keep_raw=keep_raw, length=length, decoder=decoder)
         self._state = "body"
         if (
@@ -582,6 +584,11 @@ class FakeDockerdProtocol(Protocol):
         if path.startswith("/echo-head"):
             data = request.raw_head + b"".join(body.raw)
             return self._respond(request, b"200 OK", _OCTETS, data)
+        if path == CREATE and method == "POST":
+            # Created; the answer is what arrived, for tests of what the
+            # agent let through.
+            data = request.raw_head + b"".join(body.raw)
+            return self._respond(request, b"201 Created", _OCTETS, data)
         if _ATTACH.match(path) or _EXEC_START.match(path):
             if method != "POST":
                 return self._not_allowed(request)

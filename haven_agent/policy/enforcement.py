@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from haven_agent.policy.body_rules import JUDGED_ROUTES
 from haven_agent.policy.policy_file import Policy
-from haven_agent.policy.route_rules import canonical_problem
-from haven_agent.proxy.decision import Allow, Refuse
+from haven_agent.policy.profiles import Profile
+from haven_agent.policy.route_rules import canonical_problem, request_route
+from haven_agent.proxy.decision import Allow, JudgeBody, Refuse
 from haven_agent.proxy.http_head import RequestHead
 from haven_agent.proxy.log_safe import printable_bytes
 
@@ -36,7 +38,7 @@ class PolicyRule:
     def replace(self, policy: Policy) -> None:
         self.policy = policy
 
-    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | None:
+    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | JudgeBody | None:
         byCertificate = allowed.auth == "cert"
         profile = self.policy.profile_of(allowed.user, byCertificate)
         who = ("certificate " if byCertificate else "user ") + allowed.user
@@ -56,25 +58,57 @@ class PolicyRule:
         else:
             denial = profile.denial(head)
             if denial is None:
-                return None
+                return self._bodyRule(head, profile, who, request, allowed.user)
             status, message = 403, (
                 f'haven-agent: profile "{profile.name}" denies {request}: {denial}'
             )
         if profile.mode == "log":
-            log.info(
-                "{who} {request}: would be refused {status} ({message}); "
-                "forwarded, profile {profile} is in log mode",
-                who=who,
-                request=request,
-                status=status,
-                message=message,
-                profile=profile.name,
-                identity=allowed.user,
-                rule=message,
-                event="policy would deny",
-            )
+            self._wouldDeny(who, request, status, message, profile, allowed.user)
             return None
         return self._refuse(status, message, allowed)
+
+    def _bodyRule(
+        self, head: RequestHead, profile: Profile, who: str, request: str, user: str
+    ) -> JudgeBody | None:
+        """
+        For a route whose body the profile's create rules judge, the check
+        the gate runs once the body is in.
+        """
+        route = request_route(head)
+        rules = profile.create
+        if rules is None or route not in JUDGED_ROUTES:
+            return None
+
+        def check(body: bytes) -> str | None:
+            problem = rules.problem(route, body)
+            if problem is None:
+                return None
+            message = (
+                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
+            )
+            if profile.mode == "log":
+                self._wouldDeny(who, request, 403, message, profile, user)
+                return None
+            return message
+
+        return JudgeBody(check)
+
+    @staticmethod
+    def _wouldDeny(
+        who: str, request: str, status: int, message: str, profile: Profile, user: str
+    ) -> None:
+        log.info(
+            "{who} {request}: would be refused {status} ({message}); "
+            "forwarded, profile {profile} is in log mode",
+            who=who,
+            request=request,
+            status=status,
+            message=message,
+            profile=profile.name,
+            identity=user,
+            rule=message,
+            event="policy would deny",
+        )
 
     @staticmethod
     def _refuse(status: int, message: str, allowed: Allow) -> Refuse:

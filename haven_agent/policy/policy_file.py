@@ -23,15 +23,16 @@ from typing import Any
 
 from attrs import frozen
 
+from haven_agent.policy.body_rules import create_rules
 from haven_agent.policy.profiles import BUILT_IN, FULL, MODES, Profile, QueryRule
 from haven_agent.policy.route_rules import RouteRule, RuleError
 from haven_agent.proxy.auth import is_bcrypt_hash
 
 CERTIFICATE_PREFIX = "cert:"
-PROFILE_KEYS = frozenset(("allow", "deny", "mode", "query"))
+PROFILE_KEYS = frozenset(("allow", "deny", "mode", "query", "create"))
 #: Keys of the policy issue's later parts: refused until they are enforced,
 #: so that no one believes a rule holds that does not.
-NOT_YET = frozenset(("scope", "create", "max_connections", "idle_timeout"))
+NOT_YET = frozenset(("scope", "max_connections", "idle_timeout"))
 
 
 class PolicyError(ValueError):
@@ -213,12 +214,21 @@ class _Reader:
             raise self.fail(
                 f"profile {name!r}: mode must be one of {', '.join(MODES)}", "mode"
             )
+        create = None
+        if "create" in body:
+            if not isinstance(body["create"], dict):
+                raise self.fail(f"profile {name!r}: create must be a table", "create")
+            try:
+                create = create_rules(body["create"])
+            except ValueError as e:
+                raise self.fail(f"profile {name!r}: {e}", "create") from None
         return Profile(
             name,
             allow=self.rules(name, body.get("allow", []), "allow"),
             deny=self.rules(name, body.get("deny", []), "deny"),
             query=self.queries(name, body.get("query", {})),
             mode=mode,
+            create=create,
         )
 
     def rules(self, name: str, rules: Any, key: str) -> tuple[RouteRule, ...]:

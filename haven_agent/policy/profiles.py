@@ -28,6 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 from attrs import field, frozen
 
+from haven_agent.policy.body_rules import CreateRules
 from haven_agent.policy.route_rules import RouteRule, request_route
 from haven_agent.proxy.http_head import RequestHead
 from haven_agent.proxy.read_only import read_only_refusal
@@ -86,6 +87,9 @@ class Profile:
     deny: tuple[RouteRule, ...] = ()
     query: tuple[QueryRule, ...] = ()
     mode: str = "enforce"
+    #: What bodies of the routes that create or change containers must
+    #: hold to (`body_rules`), if the profile says.
+    create: CreateRules | None = None
     #: Everything allowed: no rule to check, any path form.
     everything: bool = False
     check: Callable[[RequestHead], str | None] | None = field(default=None, eq=False)

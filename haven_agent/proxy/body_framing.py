@@ -132,3 +132,42 @@ class ChunkedBody:
                 raise FramingError("trailers too long", end)
             if not line:
                 self._state = _DONE
+
+
+#: Bodies a policy judges are read whole by the gate, up to this many bytes
+#: (as dockerd's own authorization plugins read them); larger ones are
+#: refused with 413 rather than let through unread.
+MAX_JUDGED_BODY = 4 * 1024 * 1024
+#: What chunk framing may add to a judged body: the size lines and
+#: trailers of a body of many small chunks.
+MAX_CHUNK_FRAMING = 1024 * 1024
+
+
+def dechunk(raw: bytes) -> bytes:
+    """
+    The payload of a complete chunked body (as `ChunkedBody` found its
+    end), without its framing.
+
+    @raise FramingError: when it is not one.
+    """
+    payload = []
+    position = 0
+    while True:
+        newline = raw.find(b"\n", position)
+        if newline < 0:
+            raise FramingError("chunked body without its end", position)
+        sizeField = raw[position:newline].rstrip(b"\r").split(b";", 1)[0].strip(b" \t")
+        if _CHUNK_SIZE.fullmatch(sizeField) is None:
+            raise FramingError("malformed chunk size", newline)
+        size = int(sizeField, 16)
+        position = newline + 1
+        if not size:
+            return b"".join(payload)
+        payload.append(raw[position : position + size])
+        position += size
+        if raw[position : position + 2] == b"\r\n":
+            position += 2
+        elif raw[position : position + 1] == b"\n":
+            position += 1
+        else:
+            raise FramingError("chunk data not followed by CRLF", position)

@@ -24,7 +24,7 @@ once allowed it is an `AnswerMetrics`: the agent answers it itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from attrs import evolve, frozen
@@ -84,6 +84,27 @@ class Refuse:
 
 
 @frozen
+class JudgeBody:
+    """
+    A rule's answer for a request whose body decides: C{check} gives the
+    refusal's message for a body it refuses, None for one it lets through.
+    """
+
+    check: Callable[[bytes], str | None]
+
+
+@frozen
+class AllowAfterBody:
+    """
+    Let the request through as C{allowed} once its whole body (read by the
+    gate, at most a few MiB) passes C{check}; else 403 with its message.
+    """
+
+    allowed: Allow
+    check: Callable[[bytes], str | None]
+
+
+@frozen
 class AnswerMetrics:
     """
     The agent's metrics, for C{allowed}: answered by the agent.
@@ -101,7 +122,7 @@ class AnswerHealth:
 
 HEALTH = AnswerHealth()
 
-Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics
+Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics | AllowAfterBody
 
 
 class Rule(Protocol):
@@ -110,7 +131,9 @@ class Rule(Protocol):
     refusal.
     """
 
-    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | None: ...
+    def __call__(
+        self, head: RequestHead, allowed: Allow
+    ) -> Refuse | JudgeBody | None: ...
 
 
 def read_only_rule(head: RequestHead, allowed: Allow) -> Refuse | None:
@@ -205,12 +228,20 @@ class AccessDecision:
             allowed = Allow(user, self._auth, self._checker.isReadOnly(user))
             if len(self._allows) < 1024:
                 self._allows[user] = allowed
+        body = None
         for rule in self._rules:
-            refusal = rule(head, allowed)
-            if refusal is not None:
-                return refusal if refusal.user else evolve(refusal, user=allowed.user)
+            answer = rule(head, allowed)
+            if answer is None:
+                continue
+            if type(answer) is JudgeBody:
+                body = answer
+                continue
+            refusal: Refuse = answer  # type: ignore[assignment]
+            return refusal if refusal.user else evolve(refusal, user=allowed.user)
         if head.path == METRICS_PATH and head.method == b"GET":
             return AnswerMetrics(allowed)
+        if body is not None:
+            return AllowAfterBody(allowed, body.check)
         return allowed
 
     def _unauthenticated(self, head: RequestHead, who: Identity) -> Refuse:

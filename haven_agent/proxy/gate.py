@@ -16,6 +16,9 @@ The connection is in one `Phase` at a time:
 - READING: request bytes are read; each complete head is judged.
 - DECIDING: a head waits for its verdict (bcrypt in a thread), the health
   probe, or the connection to dockerd; client bytes are parked.
+- BODY: a request whose body decides (a policy's create rules) is read
+  whole, at most a few MiB, before any of it goes to dockerd; then it is
+  refused or forwarded, head and body as they came.
 - HOLDING: a request that may hijack (attach, exec start, any Upgrade) went
   to dockerd; client bytes are parked until its answer's head says whether
   it did. Pipelined requests before it are answered first, and the framing
@@ -68,7 +71,14 @@ from haven_agent.proxy.access_log import (
 )
 from haven_agent.proxy.answer_framing import AnswerFramer, Event
 from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker
-from haven_agent.proxy.body_framing import ChunkedBody, FramingError, LengthBody
+from haven_agent.proxy.body_framing import (
+    MAX_CHUNK_FRAMING,
+    MAX_JUDGED_BODY,
+    ChunkedBody,
+    FramingError,
+    LengthBody,
+    dechunk,
+)
 from haven_agent.proxy.connection_limits import (
     ConnectionLimits,
     Overload,
@@ -78,11 +88,13 @@ from haven_agent.proxy.decision import (
     AUTH_MODES,
     AccessDecision,
     Allow,
+    AllowAfterBody,
     AnswerHealth,
     AnswerMetrics,
     Identity,
     Refuse,
     Rule,
+    Verdict,
 )
 from haven_agent.proxy.health import DockerProbe, health_response
 from haven_agent.proxy.http_head import HeadError, HeadReader, RequestHead
@@ -102,6 +114,7 @@ log = Logger(namespace="haven_agent.requests")
 class Phase(Enum):
     READING = "reading"
     DECIDING = "deciding"
+    BODY = "body"
     HOLDING = "holding"
     PIPE = "pipe"
     CLOSING = "closing"
@@ -111,9 +124,17 @@ class Phase(Enum):
 #: The phases a connection may go to from each phase.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.READING: frozenset(
-        (Phase.DECIDING, Phase.HOLDING, Phase.PIPE, Phase.CLOSING, Phase.CLOSED)
+        (
+            Phase.DECIDING,
+            Phase.BODY,
+            Phase.HOLDING,
+            Phase.PIPE,
+            Phase.CLOSING,
+            Phase.CLOSED,
+        )
     ),
-    Phase.DECIDING: frozenset((Phase.READING, Phase.CLOSING, Phase.CLOSED)),
+    Phase.DECIDING: frozenset((Phase.READING, Phase.BODY, Phase.CLOSING, Phase.CLOSED)),
+    Phase.BODY: frozenset((Phase.READING, Phase.CLOSING, Phase.CLOSED)),
     Phase.HOLDING: frozenset((Phase.READING, Phase.PIPE, Phase.CLOSING, Phase.CLOSED)),
     Phase.PIPE: frozenset((Phase.CLOSING, Phase.CLOSED)),
     Phase.CLOSING: frozenset((Phase.CLOSED,)),
@@ -222,6 +243,26 @@ def peer_label(peer) -> str:
     return f"{host}:{port}"
 
 
+class _JudgedBody:
+    """
+    A request whose body is being read to be judged: its head, its verdict
+    and the body's bytes as they came (chunk framing included).
+    """
+
+    __slots__ = ("head", "verdict", "tracker", "raw")
+
+    def __init__(
+        self,
+        head: RequestHead,
+        verdict: AllowAfterBody,
+        tracker: LengthBody | ChunkedBody,
+    ) -> None:
+        self.head = head
+        self.verdict = verdict
+        self.tracker = tracker
+        self.raw = bytearray()
+
+
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class GateProtocol(Protocol):
     """
@@ -262,6 +303,10 @@ class GateProtocol(Protocol):
         self._firstToClose: str | None = None
         self._metrics = factory.metrics
         self._handshaken = False
+        #: The request whose body is being read to be judged (BODY).
+        self._judged: _JudgedBody | None = None
+        #: Its body once judged, until it goes to dockerd after its head.
+        self._heldBody: bytes | None = None
 
     # Phases
 
@@ -347,6 +392,8 @@ class GateProtocol(Protocol):
             self._readRequests(data)
         elif phase is Phase.PIPE:
             self._toDocker(data)
+        elif phase is Phase.BODY:
+            self._bodyReceived(data)
         elif phase is Phase.DECIDING or phase is Phase.HOLDING:
             # The transport is paused, but TLS may still hand over what it
             # had decrypted.
@@ -359,6 +406,14 @@ class GateProtocol(Protocol):
             self.transport.loseConnection()
         elif self._phase is Phase.READING or self._phase is Phase.PIPE:
             self._passClientEOF()
+        elif self._phase is Phase.BODY:
+            judged = self._judged
+            self._refuse(
+                400,
+                "the request body ended before its end",
+                judged.head,
+                judged.verdict.allowed.user,
+            )
 
     def writeConnectionLost(self) -> None:
         pass
@@ -398,6 +453,8 @@ class GateProtocol(Protocol):
             if phase is not Phase.READING:
                 if phase is Phase.PIPE:
                     self._toDocker(data)
+                elif phase is Phase.BODY:
+                    self._bodyReceived(data)
                 elif phase is Phase.DECIDING or phase is Phase.HOLDING:
                     self._parked += data
                 return
@@ -431,6 +488,9 @@ class GateProtocol(Protocol):
             self._judge(head)
             if self._phase is Phase.DECIDING:
                 self._splice.clientPauser.pause(PAUSED_FOR[Phase.DECIDING])
+                return
+            if self._phase is Phase.BODY:
+                # The body's reader took what followed the head.
                 return
             data, self._parked = self._parked, b""
 
@@ -493,9 +553,7 @@ class GateProtocol(Protocol):
             # Allowed and forwarded at once (dockerd already connected).
             self._continue()
 
-    def _apply(
-        self, verdict: Allow | Refuse | AnswerHealth | AnswerMetrics, head: RequestHead
-    ) -> None:
+    def _apply(self, verdict: Verdict, head: RequestHead) -> None:
         """
         Act on C{head}'s verdict, known at once or later: the one place
         each kind of verdict is acted on.
@@ -509,6 +567,8 @@ class GateProtocol(Protocol):
             self._answerHealth(head)
         elif kind is AnswerMetrics:
             self._answerMetrics(head, verdict.allowed)  # type: ignore[union-attr]
+        elif kind is AllowAfterBody:
+            self._allowedAfterBody(verdict, head)  # type: ignore[arg-type]
         else:
             raise TypeError(f"not a verdict: {verdict!r}")
 
@@ -577,6 +637,96 @@ class GateProtocol(Protocol):
         # log unless asked for.
         self._log(record, "health: docker " + ("up" if dockerUp else "down"), log.debug)
         self._answerLast(response)
+
+    def _allowedAfterBody(self, verdict: AllowAfterBody, head: RequestHead) -> None:
+        """
+        Read the whole body before any of the request goes to dockerd, so
+        that its check judges exactly what dockerd would read; an
+        C{Expect: 100-continue} is answered here, since dockerd is not
+        asked yet (the head, forwarded as it came, may draw a second one
+        from dockerd, which clients take as they take any interim answer).
+        """
+        if not self._authenticated(verdict.allowed):
+            return
+        framing = head.framing
+        if framing.length > MAX_JUDGED_BODY:
+            self._refuse(
+                413,
+                f"this request's body is judged by the policy, and a body over "
+                f"{MAX_JUDGED_BODY} bytes is not",
+                head,
+                verdict.allowed.user,
+            )
+            return
+        paused = self._phase is Phase.DECIDING
+        self._enter(Phase.BODY)
+        if paused:
+            self._splice.clientPauser.resume(PAUSED_FOR[Phase.DECIDING])
+        self._judged = _JudgedBody(
+            head,
+            verdict,
+            ChunkedBody() if framing.chunked else LengthBody(framing.length),
+        )
+        expect = head.first(b"expect")
+        if (
+            expect is not None
+            and expect.lower() == b"100-continue"
+            and not self._records
+        ):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._startTimer(self._factory.nextHeadTimeout)
+        data, self._parked = self._parked, b""
+        self._bodyReceived(data)
+
+    def _bodyReceived(self, data: bytes) -> None:
+        judged = self._judged
+        head, allowed = judged.head, judged.verdict.allowed
+        try:
+            end = judged.tracker.endIn(data)
+        except FramingError as error:
+            self._refuse(
+                400, f"malformed request body: {error.message}", head, allowed.user
+            )
+            return
+        judged.raw += data if end == len(data) else data[:end]
+        if len(judged.raw) > MAX_JUDGED_BODY + MAX_CHUNK_FRAMING:
+            self._refuse(
+                413,
+                f"this request's body is judged by the policy, and a body over "
+                f"{MAX_JUDGED_BODY} bytes is not",
+                head,
+                allowed.user,
+            )
+            return
+        if not judged.tracker.done:
+            return
+        self._cancelTimer()
+        self._judged = None
+        self._parked = data[end:]
+        raw = bytes(judged.raw)
+        try:
+            body = dechunk(raw) if head.framing.chunked else raw
+        except FramingError as error:
+            self._refuse(
+                400, f"malformed request body: {error.message}", head, allowed.user
+            )
+            return
+        message = judged.verdict.check(body)
+        if message is not None:
+            self._refuse(403, message, head, allowed.user)
+            return
+        self._enter(Phase.READING)
+        self._heldBody = raw
+        if self._splice.docker is None:
+            self._connectDocker(head, allowed)
+            if self._phase is Phase.DECIDING:
+                self._splice.clientPauser.pause(PAUSED_FOR[Phase.DECIDING])
+            return
+        self._forward(head, allowed)
+        data, self._parked = self._parked, b""
+        if data:
+            self._readRequests(data)
+        self._passClientEOFIfDue()
 
     def _answerMetrics(self, head: RequestHead, allowed: Allow) -> None:
         if not self._authenticated(allowed):
@@ -682,8 +832,13 @@ class GateProtocol(Protocol):
             self._idleStream = is_stream(head)
         if hijacks:
             self._holdFor = record
+        held, self._heldBody = self._heldBody, None
         framing = head.framing
-        if framing.chunked:
+        if held is not None:
+            # Read and judged already: sent as it came.
+            self._toDocker(held)
+            record.sent = True
+        elif framing.chunked:
             self._body = ChunkedBody()
         elif framing.length:
             self._body = LengthBody(framing.length)
@@ -976,7 +1131,15 @@ class GateProtocol(Protocol):
 
     def _headTimedOut(self) -> None:
         self._timer = None
-        if self._reader.started:
+        if self._phase is Phase.BODY:
+            judged = self._judged
+            self._refuse(
+                408,
+                "request body not received in time",
+                judged.head,
+                judged.verdict.allowed.user,
+            )
+        elif self._reader.started:
             self._refuse(408, "request head not received in time", None, None)
         else:
             log.info(

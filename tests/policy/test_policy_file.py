@@ -69,9 +69,14 @@ class ReadTests(SynchronousTestCase):
                 "not enforced by this version",
             ),
             (
-                "version = 1\n[profiles.p]\ncreate = { privileged = false }\n",
+                "version = 1\n[profiles.p]\ncreate = { privileged = true }\n",
                 3,
-                "not enforced by this version",
+                "privileged = true allows nothing more",
+            ),
+            (
+                'version = 1\n[profiles.p]\ncreate = { bind_sources = ["srv"] }\n',
+                3,
+                "must be absolute",
             ),
             (
                 'version = 1\n[profiles.p]\nquery."GET /info".x = [1]\n',

@@ -19,7 +19,7 @@ from twisted.logger import capturedLogs
 from haven_agent.config import ProxyConfig
 from haven_agent.proxy.service import build_proxy_service
 from haven_agent.thread_pools import ThreadPools
-from tests.policy.test_enforcement import POLICY
+from tests.policy.test_enforcement import HASH, POLICY
 from tests.proxy.test_proxy_fake_dockerd import (
     PASSWORD,
     USER,
@@ -32,7 +32,13 @@ from tests.proxy.test_proxy_fake_dockerd import (
 TRAEFIK = b"Basic " + base64.b64encode(b"traefik:t-pw")
 
 
-class PolicyProxyTests(ProxyTestCase):
+class PolicyProxyCase(ProxyTestCase):
+    """
+    The proxy with a policy file of C{policyText}.
+    """
+
+    policyText = POLICY
+
     def setUp(self) -> None:
         super().setUp()
         self.fake, path = self.startFake()
@@ -43,7 +49,7 @@ class PolicyProxyTests(ProxyTestCase):
         stateDir = os.path.abspath(self.mktemp())
         self.policyPath = os.path.abspath(self.mktemp())
         with open(self.policyPath, "w") as f:
-            f.write(POLICY)
+            f.write(self.policyText)
         config = ProxyConfig(
             listen=(f"tcp:{self.agentPort}:interface=127.0.0.1",),
             docker="unix:" + path,
@@ -72,6 +78,16 @@ class PolicyProxyTests(ProxyTestCase):
         client.close()
         return answer
 
+    def reloads(self, outcome: str) -> float:
+        return sum(
+            sample.value
+            for family in self.service.metrics.reloads.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels["outcome"] == outcome
+        )
+
+
+class PolicyProxyTests(PolicyProxyCase):
     @inlineCallbacks
     def test_denied_never_reaches_dockerd(self):
         answer = yield self.ask(b"GET", b"/v1.41/version")
@@ -112,10 +128,108 @@ class PolicyProxyTests(ProxyTestCase):
         answer = yield self.ask(b"POST", b"/upload")
         self.assertEqual(answer.status, 200)
 
-    def reloads(self, outcome: str) -> float:
-        return sum(
-            sample.value
-            for family in self.service.metrics.reloads.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total") and sample.labels["outcome"] == outcome
-        )
+
+CI_POLICY = f"""
+version = 1
+[users]
+ci = "{HASH}"
+[identities]
+ci = "ci"
+[profiles.ci]
+allow = ["POST /containers/create", "GET /version"]
+create = {{ privileged = false, bind_sources = ["/srv/ci"] }}
+"""
+CI = b"Basic " + base64.b64encode(b"ci:t-pw")
+PRIVILEGED = b'{"Image":"a","HostConfig":{"Privileged":true}}'
+PLAIN = b'{"Image":"a","HostConfig":{"Binds":["/srv/ci/w:/w"]}}'
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+class BodyRuleProxyTests(PolicyProxyCase):
+    """
+    Bodies the create rules judge, read whole by the gate before anything
+    of the request goes to dockerd.
+    """
+
+    policyText = CI_POLICY
+
+    @inlineCallbacks
+    def exchange(self, data: bytes, count: int = 1):
+        client = yield self.connect(self.agentPort, caFile=self.caFile)
+        answers = yield self.inThread(exchange, client, data, count)
+        client.close()
+        return answers
+
+    def create(self, body: bytes, framing: str = "length", extra=()) -> bytes:
+        headers = [(b"Content-Type", b"application/json"), *extra]
+        if framing == "length":
+            headers.append((b"Content-Length", b"%d" % len(body)))
+            payload = body
+        else:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            payload = chunked(body)
+        return request(b"POST", b"/v1.41/containers/create", headers, payload, auth=CI)
+
+    @inlineCallbacks
+    def test_refused_bodies_never_reach_dockerd(self):
+        for body, framing in [
+            (PRIVILEGED, "length"),
+            (PRIVILEGED, "chunked"),
+            (
+                b'{"Image":"a","HostConfig":{"Privileged":true},"HostConfig":{}}',
+                "length",
+            ),
+            (b'{"Image":"a","HostConfig":{"Binds":["/:/h"]}}', "chunked"),
+            (b"", "length"),
+        ]:
+            (answer,) = yield self.exchange(self.create(body, framing))
+            self.assertEqual(answer.status, 403, body)
+            self.assertIn(
+                'profile "ci" denies POST /containers/create', answer.json()["message"]
+            )
+        self.assertEqual(self.fake.requests, [])
+
+    @inlineCallbacks
+    def test_allowed_body_forwarded_as_it_came(self):
+        """
+        Head and body reach dockerd byte for byte, chunk framing included,
+        and a pipelined request after it is answered in order.
+        """
+        for framing in ("length", "chunked"):
+            data = self.create(PLAIN, framing)
+            answers = yield self.exchange(
+                data + request(b"GET", b"/version", auth=CI), 2
+            )
+            self.assertEqual([a.status for a in answers], [201, 200])
+            self.assertEqual(answers[0].body, data)
+
+    @inlineCallbacks
+    def test_expect_continue(self):
+        """
+        The agent answers 100 Continue itself: dockerd is not asked before
+        the body is judged.
+        """
+        client = yield self.connect(self.agentPort, caFile=self.caFile)
+        head = self.create(PLAIN, extra=[(b"Expect", b"100-continue")])
+        headBytes, _, body = head.partition(b"\r\n\r\n")
+        yield self.inThread(client.send, headBytes + b"\r\n\r\n")
+        interim = yield self.inThread(client.read_until, b"\r\n\r\n")
+        self.assertEqual(interim, b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertEqual(self.fake.requests, [])
+        yield self.inThread(client.send, body)
+        answers = []
+        while not answers or answers[-1].status == 100:
+            answers.append((yield self.inThread(client.read_response)))
+        self.assertEqual(answers[-1].status, 201)
+        client.close()
+
+    @inlineCallbacks
+    def test_too_big(self):
+        big = b'{"Image":"a","Labels":{"x":"' + b"y" * (4 * 1024 * 1024) + b'"}}'
+        (answer,) = yield self.exchange(self.create(big)[:600])
+        self.assertEqual(answer.status, 413)
+        self.assertEqual(self.fake.requests, [])
