@@ -32,8 +32,11 @@ class PolicyRule:
     Judges each allowed request by its identity's profile.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, readOnlyIdle: float | None = None) -> None:
         self.policy = policy
+        #: --idle-timeout: how long the read-only profile's idle
+        #: connections are kept.
+        self.readOnlyIdle = readOnlyIdle
 
     def replace(self, policy: Policy) -> None:
         self.policy = policy
@@ -109,6 +112,20 @@ class PolicyRule:
             rule=message,
             event="policy would deny",
         )
+
+    def terms(self, allowed: Allow) -> tuple[int | None, float | None]:
+        """
+        The connection terms of C{allowed}'s profile (the gate's
+        C{terms}): its connection limit and idle timeout, None for the
+        options' own.
+        """
+        profile = self.policy.profile_of(allowed.user, allowed.auth == "cert")
+        if profile is None:
+            return None, None
+        idle = profile.idleTimeout
+        if idle is None and profile.name == "read-only":
+            idle = self.readOnlyIdle
+        return profile.maxConnections, idle
 
     @staticmethod
     def _refuse(status: int, message: str, allowed: Allow) -> Refuse:

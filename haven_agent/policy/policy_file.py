@@ -29,10 +29,12 @@ from haven_agent.policy.route_rules import RouteRule, RuleError
 from haven_agent.proxy.auth import is_bcrypt_hash
 
 CERTIFICATE_PREFIX = "cert:"
-PROFILE_KEYS = frozenset(("allow", "deny", "mode", "query", "create"))
+PROFILE_KEYS = frozenset(
+    ("allow", "deny", "mode", "query", "create", "max_connections", "idle_timeout")
+)
 #: Keys of the policy issue's later parts: refused until they are enforced,
 #: so that no one believes a rule holds that does not.
-NOT_YET = frozenset(("scope", "max_connections", "idle_timeout"))
+NOT_YET = frozenset(("scope",))
 
 
 class PolicyError(ValueError):
@@ -222,8 +224,27 @@ class _Reader:
                 create = create_rules(body["create"])
             except ValueError as e:
                 raise self.fail(f"profile {name!r}: {e}", "create") from None
+        most = body.get("max_connections")
+        if most is not None and (
+            not isinstance(most, int) or isinstance(most, bool) or most < 1
+        ):
+            raise self.fail(
+                f"profile {name!r}: max_connections must be a whole number of at "
+                f"least 1",
+                "max_connections",
+            )
+        idle = body.get("idle_timeout")
+        if idle is not None and (
+            not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0
+        ):
+            raise self.fail(
+                f"profile {name!r}: idle_timeout must be a number of seconds above 0",
+                "idle_timeout",
+            )
         return Profile(
             name,
+            maxConnections=most,
+            idleTimeout=None if idle is None else float(idle),
             allow=self.rules(name, body.get("allow", []), "allow"),
             deny=self.rules(name, body.get("deny", []), "deny"),
             query=self.queries(name, body.get("query", {})),

@@ -18,7 +18,8 @@ needs before enforcing a profile.
 
 The built-in profiles: `full` (everything), `read-only` (the read-only
 account's route list, `proxy.read_only`), `metrics` (only
-`GET /_agent/metrics`).
+`GET /_agent/metrics`). A profile may also cap the connections each of
+its identities holds and close their idle keep-alive connections.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ class Profile:
     #: What bodies of the routes that create or change containers must
     #: hold to (`body_rules`), if the profile says.
     create: CreateRules | None = None
+    #: The most connections one identity of the profile may hold, and the
+    #: seconds an idle keep-alive connection of it is kept; None for the
+    #: options' (--max-connections-per-user; --idle-timeout, applied to
+    #: the read-only profile only).
+    maxConnections: int | None = None
+    idleTimeout: float | None = None
     #: Everything allowed: no rule to check, any path form.
     everything: bool = False
     check: Callable[[RequestHead], str | None] | None = field(default=None, eq=False)

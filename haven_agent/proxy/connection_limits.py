@@ -106,21 +106,25 @@ class ConnectionLimits:
             )
         return None
 
-    def authenticated(self, source: str, user: str) -> Overload | None:
+    def authenticated(
+        self, source: str, user: str, most: int | None = None
+    ) -> Overload | None:
         """
         A connection from C{source} authenticated as C{user}: it now counts
-        against C{user}.
+        against C{user}, who may hold C{most} (a profile's limit) or else
+        L{maxPerUser}.
 
         @return: the L{Overload} when C{user} holds too many, else None.
         """
         self._release(self._bySource, source)
         self.unauthenticated -= 1
         self._byUser[user] += 1
-        if self._byUser[user] > self.maxPerUser:
+        limit = self.maxPerUser if most is None else most
+        if self._byUser[user] > limit:
             return Overload(
                 "max_connections_per_user",
                 f"too many connections of user {user}",
-                self.maxPerUser,
+                limit,
             )
         return None
 

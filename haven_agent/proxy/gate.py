@@ -177,6 +177,11 @@ class GateFactory(Factory):
     #: The rules an authenticated request must pass (the policy's); None
     #: for the decision's defaults (the read-only account's route list).
     rules: Sequence[Rule] | None = None
+    #: The connection terms of an identity (its profile's): the most
+    #: connections it may hold and the seconds after which an idle one is
+    #: closed, each None for the defaults (the per-user limit; idle
+    #: connections closed only for the read-only account).
+    terms: Callable[[Allow], tuple[int | None, float | None]] | None = None
     decision: AccessDecision = field(init=False)
     connections: set[GateProtocol] = field(init=False, factory=set)
 
@@ -297,6 +302,7 @@ class GateProtocol(Protocol):
         self._user: str | None = None
         #: Read-only connections are closed when idle (see _idleCheck).
         self._idleWatch = False
+        self._idleTimeout = factory.idleTimeout
         self._idleStream = False
         self._idleTimer = None
         self._lastActivity = 0.0
@@ -579,8 +585,15 @@ class GateProtocol(Protocol):
         """
         if self._user is None:
             self._user = allowed.user
-            self._idleWatch = allowed.readOnly
-            overload = self._factory.limits.authenticated(self._source, allowed.user)
+            factory = self._factory
+            most, idle = (
+                (None, None) if factory.terms is None else factory.terms(allowed)
+            )
+            if idle is None and allowed.readOnly:
+                idle = factory.idleTimeout
+            self._idleWatch = idle is not None
+            self._idleTimeout = idle or factory.idleTimeout
+            overload = factory.limits.authenticated(self._source, allowed.user, most)
             if overload is not None:
                 self._overloaded(overload)
                 return False
@@ -974,16 +987,14 @@ class GateProtocol(Protocol):
             and not self._idleStream
             and self._phase is not Phase.PIPE
         ):
-            self._idleTimer = self._clock.callLater(
-                self._factory.idleTimeout, self._idleCheck
-            )
+            self._idleTimer = self._clock.callLater(self._idleTimeout, self._idleCheck)
 
     def _idleCheck(self) -> None:
         self._idleTimer = None
         if self._phase in (Phase.CLOSED, Phase.PIPE) or self._idleStream:
             return
         quiet = self._clock.seconds() - self._lastActivity
-        timeout = self._factory.idleTimeout
+        timeout = self._idleTimeout
         if quiet < timeout or self._phase is Phase.DECIDING or self._reader.started:
             self._idleTimer = self._clock.callLater(
                 max(timeout - quiet, 0.1), self._idleCheck

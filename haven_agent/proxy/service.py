@@ -314,7 +314,7 @@ def build_proxy_service(
         raise StartupError(
             f"{config.sources.of('policy')} {config.policy}: {e}"
         ) from None
-    policyRule = PolicyRule(policy) if policy is not None else None
+    policyRule = PolicyRule(policy, config.idleTimeout) if policy is not None else None
     if registry is None:
         registry = new_registry()
     users = [config.user]
@@ -336,6 +336,7 @@ def build_proxy_service(
         idleTimeout=config.idleTimeout,
         metrics=metrics,
         rules=None if policyRule is None else (policyRule,),
+        terms=None if policyRule is None else policyRule.terms,
         limits=ConnectionLimits(
             maxConnections=config.maxConnections,
             maxUnauthenticated=config.maxUnauthenticated,

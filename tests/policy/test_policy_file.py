@@ -63,6 +63,9 @@ class ReadTests(SynchronousTestCase):
             ('version = 1\n[profiles.p]\nallow = "GET *"\n', 3, "list of routes"),
             ('version = 1\n[profiles.p]\nmode = "audit"\n', 3, "mode must be"),
             ('version = 1\n[profiles.p]\nalow = ["GET *"]\n', 3, "unknown key 'alow'"),
+            ("version = 1\n[profiles.p]\nmax_connections = 0\n", 3, "at least 1"),
+            ("version = 1\n[profiles.p]\nmax_connections = 1.5\n", 3, "whole number"),
+            ('version = 1\n[profiles.p]\nidle_timeout = "1m"\n', 3, "seconds above 0"),
             (
                 'version = 1\n[profiles.p]\nscope = { label = "a=b" }\n',
                 3,
@@ -109,3 +112,20 @@ class ReadTests(SynchronousTestCase):
             f.write(f'version = 1\n[users]\nx = "{HASH}"\n')
         self.assertEqual(list(load_policy(path).users), ["x"])
         os.remove(path)
+
+
+class TermsTests(SynchronousTestCase):
+    def test_terms(self) -> None:
+        from haven_agent.policy.enforcement import PolicyRule
+        from haven_agent.proxy.decision import Allow
+
+        policy = read_policy(
+            'version = 1\n[identities]\nadmin = "full"\nviewer = "read-only"\n'
+            'ci = "p"\n[profiles.p]\nallow = ["GET *"]\nmax_connections = 3\n'
+            "idle_timeout = 10\n"
+        )
+        rule = PolicyRule(policy, readOnlyIdle=60.0)
+        self.assertEqual(rule.terms(Allow("admin", "password")), (None, None))
+        self.assertEqual(rule.terms(Allow("viewer", "password")), (None, 60.0))
+        self.assertEqual(rule.terms(Allow("ci", "password")), (3, 10.0))
+        self.assertEqual(rule.terms(Allow("ghost", "password")), (None, None))

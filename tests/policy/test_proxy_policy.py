@@ -25,6 +25,7 @@ from tests.proxy.test_proxy_fake_dockerd import (
     USER,
     ProxyTestCase,
     exchange,
+    read_to_close,
     request,
     waitFor,
 )
@@ -233,3 +234,53 @@ class BodyRuleProxyTests(PolicyProxyCase):
         (answer,) = yield self.exchange(self.create(big)[:600])
         self.assertEqual(answer.status, 413)
         self.assertEqual(self.fake.requests, [])
+
+
+LIMITS_POLICY = f"""
+version = 1
+[users]
+ci = "{HASH}"
+[identities]
+ci = "ci"
+admin = "full"
+[profiles.ci]
+allow = ["GET /version"]
+max_connections = 1
+idle_timeout = 0.3
+"""
+
+
+class ConnectionTermsTests(PolicyProxyCase):
+    """
+    A profile's connection limit and idle timeout hold for its identities
+    and nobody else.
+    """
+
+    policyText = LIMITS_POLICY
+
+    @inlineCallbacks
+    def test_limit_and_idle(self):
+        first = yield self.connect(self.agentPort, caFile=self.caFile)
+        (answer,) = yield self.inThread(
+            exchange, first, request(b"GET", b"/version", auth=CI), 1
+        )
+        self.assertEqual(answer.status, 200)
+        second = yield self.connect(self.agentPort, caFile=self.caFile)
+        (refused,) = yield self.inThread(
+            exchange, second, request(b"GET", b"/version", auth=CI), 1
+        )
+        self.assertEqual(refused.status, 503)
+        self.assertIn("too many connections of user ci", refused.json()["message"])
+        # The admin's profile sets no limit: the options' apply.
+        admin = yield self.connect(self.agentPort, caFile=self.caFile)
+        (allowed,) = yield self.inThread(
+            exchange, admin, request(b"GET", b"/version"), 1
+        )
+        self.assertEqual(allowed.status, 200)
+        # The idle ci connection is closed by the agent; the admin's stays.
+        rest = yield self.inThread(read_to_close, first)
+        self.assertEqual(rest, b"")
+        yield waitFor(lambda: len(self.service._gate.connections) == 1)
+        (again,) = yield self.inThread(exchange, admin, request(b"GET", b"/version"), 1)
+        self.assertEqual(again.status, 200)
+        admin.close()
