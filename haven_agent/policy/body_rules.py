@@ -4,9 +4,13 @@ What a profile's `create` table holds a container to: the body rules of the
 routes that create or change what a container may do.
 
 ```toml
-create = { privileged = false, cap_add = [], host_namespaces = false,
-           devices = false, bind_sources = ["/srv/ci"],
-           images = ["registry.example/ci/*"] }
+[profiles.ci.create]
+privileged = false
+cap_add = []
+host_namespaces = false
+devices = false
+bind_sources = ["/srv/ci"]
+images = ["registry.example/ci/*"]
 ```
 
 Each key is checked only when given. The body is read as dockerd reads it
