@@ -82,6 +82,13 @@ class ProxyConfig:
     nodeMetrics: bool = True
     #: The policy file (see haven_agent.policy), if any.
     policy: str | None = None
+    #: The Haven web terminal (haven_agent.proxy.terminal): source networks
+    #: exempt from credentials for its route, allowed WebSocket Origins,
+    #: and attach tickets with the key every process signs them with.
+    terminalFrom: tuple[str, ...] = ()
+    terminalOrigins: tuple[str, ...] = ()
+    attachTickets: bool = False
+    ticketKey: str = field(default="", repr=False, eq=False)
     sources: Sources = field(factory=Sources, eq=False, repr=False)
 
 

@@ -76,6 +76,8 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "workers": ("HAVEN_AGENT_WORKERS",),
     "metrics-listen": ("HAVEN_AGENT_METRICS_LISTEN",),
     "policy": ("HAVEN_AGENT_POLICY",),
+    "terminal-from": ("HAVEN_AGENT_TERMINAL_FROM",),
+    "terminal-origins": ("HAVEN_AGENT_TERMINAL_ORIGINS",),
     "log-format": ("HAVEN_AGENT_LOG_FORMAT",),
     "log-level": ("HAVEN_AGENT_LOG_LEVEL",),
     "master": ("HAVEN_AGENT_MASTER", "dm_agent_notifier_server"),
@@ -252,6 +254,23 @@ class Options(usage.Options):
             "account read-only]",
         ],
         [
+            "terminal-from",
+            None,
+            None,
+            "Let the Haven web terminal's GET /containers/{id}/attach/ws "
+            "WebSocket upgrade in without credentials from these addresses or "
+            "networks (the master's), comma separated; nothing else from them "
+            "[env HAVEN_AGENT_TERMINAL_FROM; default: none]",
+        ],
+        [
+            "terminal-origins",
+            None,
+            None,
+            "Origins a WebSocket upgrade may come from when it names one, comma "
+            "separated, e.g. https://haven.example:8761 [env "
+            "HAVEN_AGENT_TERMINAL_ORIGINS; default: any]",
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -392,6 +411,14 @@ class Options(usage.Options):
             "Allow --metrics-listen on an address other than loopback, which "
             "serves the metrics to the network without authentication "
             "[env HAVEN_AGENT_METRICS_LISTEN_ANYWHERE=1]",
+        ],
+        [
+            "attach-tickets",
+            None,
+            "Serve POST /_agent/attach-tickets?container=ID: a 60-second, "
+            "single-use ticket a browser or script presents as its WebSocket "
+            "subprotocol to attach without credentials "
+            "[env HAVEN_AGENT_ATTACH_TICKETS=1]",
         ],
         [
             "no-node-metrics",
@@ -659,6 +686,12 @@ class Options(usage.Options):
             readOnlyUser=readOnlyUser,
             readOnlyPassword=readOnlyPassword,
             policy=self._policy(readOnlyUser if readOnlyPassword else None),
+            terminalFrom=self._terminalFrom(),
+            terminalOrigins=self._terminalOrigins(),
+            attachTickets=self._flag("attach-tickets", "HAVEN_AGENT_ATTACH_TICKETS"),
+            # Shared by the worker processes, so a ticket any one issues is
+            # accepted by all.
+            ticketKey=os.urandom(32).hex(),
             maxConnections=self._count("max-connections", 10_000),
             maxUnauthenticated=self._count("max-unauthenticated", 512),
             maxUnauthenticatedPerSource=self._count(
@@ -676,6 +709,35 @@ class Options(usage.Options):
             sources=Sources(dict(self._sources)),
         )
         self.reporterConfig = self._reporterConfig(listen[0], docker)
+
+    def _terminalFrom(self) -> tuple[str, ...]:
+        text = self._fromEnvironment("terminal-from")
+        if text is None:
+            return ()
+        from haven_agent.proxy.terminal import parse_networks
+
+        try:
+            networks = parse_networks(text)
+        except ValueError as e:
+            raise usage.UsageError(
+                f"{self._source('terminal-from')}: {e}; give addresses or networks "
+                f"such as 10.0.0.5 or 10.0.0.0/24"
+            ) from None
+        return tuple(str(network) for network in networks)
+
+    def _terminalOrigins(self) -> tuple[str, ...]:
+        text = self._fromEnvironment("terminal-origins")
+        if text is None:
+            return ()
+        origins = tuple(o.rstrip("/") for o in text.replace(",", " ").split())
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise usage.UsageError(
+                    f"{self._source('terminal-origins')}: {origin!r} is not an "
+                    f"origin such as https://haven.example:8761"
+                )
+        return origins
 
     def _policy(self, readOnlyUser: str | None) -> str | None:
         path = self._fromEnvironment("policy")

@@ -25,32 +25,16 @@ its identities holds and close their idle keep-alive connections.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from urllib.parse import unquote_to_bytes
 
 from attrs import field, frozen
 
 from haven_agent.policy.body_rules import CreateRules
 from haven_agent.policy.route_rules import RouteRule, request_route
-from haven_agent.proxy.http_head import RequestHead
+from haven_agent.proxy.http_head import RequestHead, first_query_value
 from haven_agent.proxy.read_only import read_only_refusal
 
 MODES = ("enforce", "log")
 PING = RouteRule.parse("GET,HEAD /_ping")
-
-
-def first_query_value(target: bytes, name: bytes) -> bytes | None:
-    """
-    The first value of the query parameter C{name}, percent-decoded, as
-    Go's C{url.Values.Get} gives it (None when absent).
-    """
-    _, question, query = target.partition(b"?")
-    if not question:
-        return None
-    for pair in query.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
-            return unquote_to_bytes(value.replace(b"+", b" "))
-    return None
 
 
 @frozen

@@ -28,7 +28,10 @@ from haven_agent.proxy.engine_routes import ENGINE_ROUTES, route_of
 from haven_agent.proxy.http_head import RequestHead, normalize_path
 
 #: The agent's own routes a policy may name.
-AGENT_ROUTES = {b"/_agent/metrics": "/_agent/metrics"}
+AGENT_ROUTES = {
+    b"/_agent/metrics": "/_agent/metrics",
+    b"/_agent/attach-tickets": "/_agent/attach-tickets",
+}
 #: Every template a rule may name: the engine's and the agent's.
 TEMPLATES = frozenset(t for _, t in ENGINE_ROUTES) | frozenset(AGENT_ROUTES.values())
 METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))

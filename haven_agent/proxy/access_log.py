@@ -12,6 +12,7 @@ closed first.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from attrs import define
@@ -22,6 +23,8 @@ from haven_agent.proxy.log_safe import printable, printable_bytes
 
 log = Logger(namespace="haven_agent.requests")
 
+#: An attach ticket in a query (see `terminal`): a credential, not logged.
+_TICKET = re.compile(rb"([?&])ticket=[^&]*")
 #: Targets longer than this are cut in the log.
 MAX_LOGGED_TARGET = 256
 
@@ -63,6 +66,8 @@ class RequestRecord:
         if head is None:
             return cls("-", "-", user, now)
         target = head.target
+        if b"ticket=" in target:
+            target = _TICKET.sub(rb"\1ticket=REDACTED", target)
         if len(target) > MAX_LOGGED_TARGET:
             target = target[:MAX_LOGGED_TARGET] + b"..."
         return cls(

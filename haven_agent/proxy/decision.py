@@ -35,6 +35,11 @@ from haven_agent.proxy.health import HEALTH_PATH
 from haven_agent.proxy.http_head import RequestHead
 from haven_agent.proxy.log_safe import printable_bytes
 from haven_agent.proxy.read_only import read_only_refusal
+from haven_agent.proxy.terminal import (
+    TICKETS_PATH,
+    TerminalAccess,
+    is_websocket_upgrade,
+)
 from haven_agent.proxy.throttle import FailureThrottle
 
 AUTH_MODES = ("password", "cert", "both")
@@ -114,6 +119,15 @@ class AnswerMetrics:
 
 
 @frozen
+class AnswerTicket:
+    """
+    An attach ticket for C{allowed} (see `terminal`): answered by the agent.
+    """
+
+    allowed: Allow
+
+
+@frozen
 class AnswerHealth:
     """
     The agent's own health check: answered by the agent, without credentials.
@@ -122,7 +136,7 @@ class AnswerHealth:
 
 HEALTH = AnswerHealth()
 
-Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics | AllowAfterBody
+Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics | AnswerTicket | AllowAfterBody
 
 
 class Rule(Protocol):
@@ -170,6 +184,7 @@ class AccessDecision:
         authMode: str = "password",
         throttle: FailureThrottle | None = None,
         rules: Sequence[Rule] = DEFAULT_RULES,
+        terminal: TerminalAccess | None = None,
     ) -> None:
         if authMode not in AUTH_MODES:
             raise ValueError(f"auth mode must be one of {', '.join(AUTH_MODES)}")
@@ -178,6 +193,7 @@ class AccessDecision:
         self._auth = AUTH_METHODS[authMode]
         self._throttle = throttle
         self._rules = tuple(rules)
+        self._terminal = terminal if terminal is not None and terminal.active else None
         #: The Allow of each user name seen (verdicts are immutable).
         self._allows: dict[str, Allow] = {}
 
@@ -195,6 +211,13 @@ class AccessDecision:
         """
         if head.method in READ_METHODS and head.path == HEALTH_PATH:
             return HEALTH
+        if self._terminal is not None and is_websocket_upgrade(head):
+            early = self._terminal.verdict(head, who.host)
+            if type(early) is tuple:
+                user, how = early
+                return Allow(user, how)
+            if early is not None:
+                return Refuse(403, f"haven-agent: {early}")
         if self._mode == "cert":
             return self._judge(head, who, who.certificate)
         user = self._checker.checkNow(head.first(b"authorization"))
@@ -240,6 +263,10 @@ class AccessDecision:
             return refusal if refusal.user else evolve(refusal, user=allowed.user)
         if head.path == METRICS_PATH and head.method == b"GET":
             return AnswerMetrics(allowed)
+        if head.path == TICKETS_PATH and head.method == b"POST":
+            if self._terminal is None or self._terminal.tickets is None:
+                return Refuse(404, "attach tickets are not enabled (--attach-tickets)")
+            return AnswerTicket(allowed)
         if body is not None:
             return AllowAfterBody(allowed, body.check)
         return allowed

@@ -86,22 +86,34 @@ from haven_agent.proxy.connection_limits import (
 )
 from haven_agent.proxy.decision import (
     AUTH_MODES,
+    DEFAULT_RULES,
     AccessDecision,
     Allow,
     AllowAfterBody,
     AnswerHealth,
     AnswerMetrics,
+    AnswerTicket,
     Identity,
     Refuse,
     Rule,
     Verdict,
 )
 from haven_agent.proxy.health import DockerProbe, health_response
-from haven_agent.proxy.http_head import HeadError, HeadReader, RequestHead
+from haven_agent.proxy.http_head import (
+    HeadError,
+    HeadReader,
+    RequestHead,
+    first_query_value,
+)
 from haven_agent.proxy.log_safe import printable
 from haven_agent.proxy.read_only import is_stream
-from haven_agent.proxy.responses import error_response, metrics_response
+from haven_agent.proxy.responses import (
+    error_response,
+    json_response,
+    metrics_response,
+)
 from haven_agent.proxy.splice import DockerConnection, Splice, tune_socket
+from haven_agent.proxy.terminal import TerminalAccess
 from haven_agent.proxy.throttle import FailureThrottle
 from haven_agent.tls.failure import describe_close, handshake_outcome
 from haven_agent.tls.reload import client_identity
@@ -182,16 +194,19 @@ class GateFactory(Factory):
     #: closed, each None for the defaults (the per-user limit; idle
     #: connections closed only for the read-only account).
     terms: Callable[[Allow], tuple[int | None, float | None]] | None = None
+    #: The Haven web terminal's controls (see `terminal`), if any is on.
+    terminal: TerminalAccess | None = None
     decision: AccessDecision = field(init=False)
     connections: set[GateProtocol] = field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
-        if self.rules is None:
-            self.decision = AccessDecision(self.checker, self.authMode, self.throttle)
-        else:
-            self.decision = AccessDecision(
-                self.checker, self.authMode, self.throttle, self.rules
-            )
+        self.decision = AccessDecision(
+            self.checker,
+            self.authMode,
+            self.throttle,
+            DEFAULT_RULES if self.rules is None else self.rules,
+            self.terminal,
+        )
         if self.probe is None:
             self.probe = DockerProbe(self.connectDocker, self.clock)
 
@@ -573,6 +588,8 @@ class GateProtocol(Protocol):
             self._answerHealth(head)
         elif kind is AnswerMetrics:
             self._answerMetrics(head, verdict.allowed)  # type: ignore[union-attr]
+        elif kind is AnswerTicket:
+            self._answerTicket(head, verdict.allowed)  # type: ignore[union-attr]
         elif kind is AllowAfterBody:
             self._allowedAfterBody(verdict, head)  # type: ignore[arg-type]
         else:
@@ -740,6 +757,31 @@ class GateProtocol(Protocol):
         if data:
             self._readRequests(data)
         self._passClientEOFIfDue()
+
+    def _answerTicket(self, head: RequestHead, allowed: Allow) -> None:
+        """
+        Issue an attach ticket for the container the query names.
+        """
+        if not self._authenticated(allowed):
+            return
+        container = first_query_value(head.target, b"container")
+        name = "" if container is None else container.decode("utf-8", "replace")
+        try:
+            ticket, expires = self._factory.terminal.tickets.issue(
+                allowed.user, name, self._clock.seconds()
+            )
+        except ValueError as e:
+            self._refuse(400, f"give ?container=<name or ID>: {e}", head, allowed.user)
+            return
+        response = json_response(
+            200, {"ticket": ticket, "container": name, "expires": expires}
+        )
+        record = RequestRecord.of(head, allowed.user, self._clock.seconds())
+        record.auth = allowed.auth
+        record.bytesOut = len(response)
+        record.status = 200
+        self._log(record, f"attach ticket issued for container {printable(name)}")
+        self._answerLast(response)
 
     def _answerMetrics(self, head: RequestHead, allowed: Allow) -> None:
         if not self._authenticated(allowed):

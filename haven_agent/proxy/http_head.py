@@ -178,6 +178,21 @@ class RequestHead:
         return hijacks
 
 
+def first_query_value(target: bytes, name: bytes) -> bytes | None:
+    """
+    The first value of the query parameter C{name}, percent-decoded, as
+    Go's C{url.Values.Get} gives it (None when absent).
+    """
+    _, question, query = target.partition(b"?")
+    if not question:
+        return None
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return None
+
+
 def head_end(data: bytes | bytearray, start: int = 0) -> int:
     """
     Where the head in C{data[start:]} ends (after its empty line), or -1.

@@ -31,6 +31,18 @@ def error_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def json_response(status: int, value: object) -> bytes:
+    """
+    A complete answer of C{value} as JSON, and a close.
+    """
+    body = json.dumps(value).encode("utf-8") + b"\n"
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode("latin-1") + body
+
+
 def metrics_response(body: bytes) -> bytes:
     """
     The metrics page in the Prometheus text format, and a close: scrapes

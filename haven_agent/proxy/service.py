@@ -42,6 +42,7 @@ from haven_agent.proxy.auth import BasicAuthChecker, is_bcrypt_hash
 from haven_agent.proxy.connection_limits import ConnectionLimits
 from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.reuse_port import ListenAddress, ReusePortListener
+from haven_agent.proxy.terminal import AttachTickets, TerminalAccess, parse_networks
 from haven_agent.proxy.throttle import FailureThrottle
 from haven_agent.startup_errors import StartupError
 from haven_agent.thread_pools import ThreadPools
@@ -324,6 +325,16 @@ def build_proxy_service(
         users.extend(policy.identities)
     metrics = ProxyMetrics(registry, users)
     throttle = FailureThrottle(reactor)
+    terminal = TerminalAccess(
+        parse_networks(" ".join(config.terminalFrom)),
+        frozenset(config.terminalOrigins),
+        (
+            AttachTickets(bytes.fromhex(config.ticketKey))
+            if config.attachTickets
+            else None
+        ),
+        clock=reactor,
+    )
     gate = GateFactory(
         checker=checker,
         connectDocker=docker_connector(reactor, config.docker),
@@ -337,6 +348,7 @@ def build_proxy_service(
         metrics=metrics,
         rules=None if policyRule is None else (policyRule,),
         terms=None if policyRule is None else policyRule.terms,
+        terminal=terminal,
         limits=ConnectionLimits(
             maxConnections=config.maxConnections,
             maxUnauthenticated=config.maxUnauthenticated,

@@ -100,6 +100,8 @@ def read_worker_spec(
     values = dict(spec["config"])
     values["listen"] = tuple(values["listen"])
     values["serverNames"] = tuple(values["serverNames"])
+    values["terminalFrom"] = tuple(values["terminalFrom"])
+    values["terminalOrigins"] = tuple(values["terminalOrigins"])
     values["sources"] = Sources(values["sources"]["names"])
     return (
         ProxyConfig(**values),
