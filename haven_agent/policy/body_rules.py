@@ -46,6 +46,7 @@ from typing import Any
 from attrs import frozen
 
 from haven_agent.policy.go_json import AmbiguousJSON, field, read_like_go
+from haven_agent.proxy.http_head import first_query_value
 
 #: The routes whose bodies the create rules judge.
 JUDGED_ROUTES = frozenset(
@@ -54,8 +55,14 @@ JUDGED_ROUTES = frozenset(
         "/containers/{id}/update",
         "/containers/{id}/exec",
         "/volumes/create",
+        "/services/create",
+        "/services/{id}/update",
+        "/plugins/pull",
     )
 )
+#: Routes whose query the create rules judge (their body is a build
+#: context, not JSON).
+QUERY_ROUTES = frozenset(("/build",))
 
 NAMESPACES = ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode")
 UNCONFINED = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined")
@@ -114,9 +121,80 @@ class CreateRules:
             problems = self._exec(value)
         elif route == "/volumes/create":
             problems = self._volume(value)
+        elif route in ("/services/create", "/services/{id}/update"):
+            problems = self._service(value)
         else:
             problems = []
         return "; ".join(problems) or None
+
+    def pluginProblem(self, body: bytes) -> str | None:
+        """
+        A plugin's privileges (the body of C{POST /plugins/pull}: a list of
+        C{{Name, Value}}): a plugin runs with them on the host, so with
+        C{privileged = false} any is refused.
+        """
+        try:
+            value = read_like_go(body)
+        except AmbiguousJSON as e:
+            return f"the body: {e}"
+        if self.privileged is not False:
+            return None
+        if not isinstance(value, list):
+            return "the body is not a list of privileges"
+        names = [field(p, "Name") for p in value if _present(field(p, "Value"))]
+        if names:
+            return "plugin privileges " + ", ".join(str(n) for n in names)
+        return None
+
+    def buildProblem(self, target: bytes) -> str | None:
+        """
+        What of a build's query the rules refuse: the host network
+        (C{networkmode=host}) with C{host_namespaces = false}.
+        """
+        if self.hostNamespaces is not False:
+            return None
+        mode = first_query_value(target, b"networkmode")
+        if mode is not None and (mode == b"host" or mode.startswith(b"container:")):
+            return f"networkmode={mode.decode('utf-8', 'replace')}"
+        return None
+
+    def _service(self, spec: dict[str, Any]) -> list[str]:
+        """
+        A swarm service's TaskTemplate.ContainerSpec: its capabilities,
+        mounts and confinement, as for a container; a service cannot be
+        privileged nor take devices, but its tasks can bind the host.
+        """
+        task = field(spec, "TaskTemplate")
+        container = field(task, "ContainerSpec")
+        if container is None:
+            return []
+        if not isinstance(container, dict):
+            return ["TaskTemplate.ContainerSpec is not an object"]
+        where = "TaskTemplate.ContainerSpec."
+        problems = []
+        if self.capAdd is not None:
+            for capability in _strings(field(container, "CapabilityAdd")):
+                name = capability.upper().removeprefix("CAP_")
+                if name == "ALL" or name not in self.capAdd:
+                    problems.append(f"{where}CapabilityAdd {capability}")
+        if self.privileged is False:
+            privileges = field(container, "Privileges")
+            seccomp = field(field(privileges, "Seccomp"), "Mode")
+            apparmor = field(field(privileges, "AppArmor"), "Mode")
+            if seccomp == "unconfined" or apparmor == "disabled":
+                problems.append(f"{where}Privileges")
+            if _present(field(field(privileges, "SELinuxContext"), "Disable")):
+                problems.append(f"{where}Privileges.SELinuxContext")
+        if self.bindSources is not None:
+            problems += self._mounts(container, where)
+        if self.hostNamespaces is False:
+            networks = field(task, "Networks")
+            for network in networks if isinstance(networks, list) else []:
+                if field(network, "Target") == "host":
+                    problems.append("TaskTemplate.Networks host")
+        if self.images is not None:
+            problems += self._config(container)
+        return problems
 
     # What each route's body holds
 

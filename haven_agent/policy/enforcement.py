@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from haven_agent.policy.body_rules import JUDGED_ROUTES
+from haven_agent.policy.body_rules import JUDGED_ROUTES, QUERY_ROUTES
 from haven_agent.policy.policy_file import Policy
 from haven_agent.policy.profiles import Profile
 from haven_agent.policy.route_rules import canonical_problem, request_route
@@ -72,18 +72,35 @@ class PolicyRule:
 
     def _bodyRule(
         self, head: RequestHead, profile: Profile, who: str, request: str, user: str
-    ) -> JudgeBody | None:
+    ) -> JudgeBody | Refuse | None:
         """
         For a route whose body the profile's create rules judge, the check
-        the gate runs once the body is in.
+        the gate runs once the body is in (for a build, whose body is its
+        context, the query is judged at once).
         """
         route = request_route(head)
         rules = profile.create
-        if rules is None or route not in JUDGED_ROUTES:
+        if rules is None:
+            return None
+        if route in QUERY_ROUTES:
+            problem = rules.buildProblem(head.target)
+            if problem is None:
+                return None
+            message = (
+                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
+            )
+            if profile.mode == "log":
+                self._wouldDeny(who, request, 403, message, profile, user)
+                return None
+            return Refuse(403, message, user=user)
+        if route not in JUDGED_ROUTES:
             return None
 
         def check(body: bytes) -> str | None:
-            problem = rules.problem(route, body)
+            if route == "/plugins/pull":
+                problem = rules.pluginProblem(body)
+            else:
+                problem = rules.problem(route, body)
             if problem is None:
                 return None
             message = (

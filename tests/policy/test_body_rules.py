@@ -203,3 +203,55 @@ class CreateRulesTests(SynchronousTestCase):
         ]:
             with self.assertRaises(ValueError, msg=table):
                 create_rules(table)
+
+
+class ServicePluginBuildTests(SynchronousTestCase):
+    def service(self, container: str, networks: str = "[]") -> bytes:
+        return (
+            '{"Name": "s", "TaskTemplate": {"ContainerSpec": {' + container + "}, "
+            '"Networks": ' + networks + "}}"
+        ).encode()
+
+    def test_services(self) -> None:
+        image = '"Image": "registry.example/ci/app:1"'
+        for route in ("/services/create", "/services/{id}/update"):
+            self.assertIsNone(RULES.problem(route, self.service(image)))
+            for container, words in [
+                (image + ', "CapabilityAdd": ["SYS_ADMIN"]', "CapabilityAdd"),
+                (
+                    image
+                    + ', "Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]',
+                    "Mounts bind /",
+                ),
+                (
+                    image + ', "Privileges": {"Seccomp": {"Mode": "unconfined"}}',
+                    "Privileges",
+                ),
+                (
+                    image + ', "privileges": {"AppArmor": {"Mode": "disabled"}}',
+                    "Privileges",
+                ),
+                ('"Image": "busybox"', "Image 'busybox'"),
+            ]:
+                problem = RULES.problem(route, self.service(container))
+                self.assertIsNotNone(problem, container)
+                self.assertIn(words, problem, container)
+            problem = RULES.problem(route, self.service(image, '[{"Target": "host"}]'))
+            self.assertIn("Networks host", problem)
+
+    def test_plugins(self) -> None:
+        self.assertIsNone(RULES.pluginProblem(b"[]"))
+        self.assertIsNone(RULES.pluginProblem(b'[{"Name": "network", "Value": []}]'))
+        problem = RULES.pluginProblem(
+            b'[{"Name": "network", "Value": ["host"]}, '
+            b'{"Name": "mount", "Value": ["/var/lib/docker"]}]'
+        )
+        self.assertEqual(problem, "plugin privileges network, mount")
+        self.assertIsNotNone(RULES.pluginProblem(b'{"Name": "x"}'))
+
+    def test_build(self) -> None:
+        self.assertIsNone(RULES.buildProblem(b"/build?t=app&networkmode=default"))
+        self.assertEqual(
+            RULES.buildProblem(b"/build?networkmode=host&t=x"), "networkmode=host"
+        )
+        self.assertIsNotNone(RULES.buildProblem(b"/build?networkmode=container%3Adb"))

@@ -233,3 +233,38 @@ class VerdictTableTests(SynchronousTestCase):
         self.assertIsInstance(
             self.successResultOf(judge.verdict(request, NO_CERT)), Allow
         )
+
+
+class CreateRoutesTests(SynchronousTestCase):
+    def test_which_routes_wait_for_their_body(self) -> None:
+        from haven_agent.proxy.decision import AllowAfterBody
+
+        policy = read_policy(
+            'version = 1\n[identities]\nadmin = "p"\n[profiles.p]\nallow = ["* *"]\n'
+            "create = { privileged = false, host_namespaces = false }\n"
+        )
+        judge = decision(policy)
+
+        def verdict(line: bytes):
+            return judge.verdictNow(head(line + b" HTTP/1.1", ADMIN), NO_CERT)
+
+        for line in (
+            b"POST /containers/create",
+            b"POST /containers/abc/update",
+            b"POST /containers/abc/exec",
+            b"POST /volumes/create",
+            b"POST /services/create",
+            b"POST /services/abc/update",
+            b"POST /plugins/pull?remote=x",
+        ):
+            self.assertIsInstance(verdict(line), AllowAfterBody, line)
+        for line in (b"GET /containers/json", b"POST /containers/abc/start"):
+            self.assertIsInstance(verdict(line), Allow, line)
+        refused = verdict(b"POST /build?networkmode=host")
+        self.assertEqual(refused.status, 403)
+        self.assertIn("networkmode=host", refused.message)
+        self.assertIsInstance(verdict(b"POST /build?t=x"), Allow)
+        check = verdict(b"POST /plugins/pull?remote=x").check
+        self.assertIn(
+            "plugin privileges", check(b'[{"Name": "network", "Value": ["host"]}]')
+        )
