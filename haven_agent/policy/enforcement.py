@@ -14,14 +14,16 @@ the new one, never a mixture.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from haven_agent.policy.body_rules import JUDGED_ROUTES, QUERY_ROUTES
 from haven_agent.policy.policy_file import Policy
 from haven_agent.policy.profiles import Profile
 from haven_agent.policy.route_rules import canonical_problem, request_route
-from haven_agent.proxy.decision import Allow, JudgeBody, Refuse
-from haven_agent.proxy.http_head import RequestHead
+from haven_agent.policy.scope import NARROWED, Inspect, Scope, ScopeError
+from haven_agent.proxy.decision import Allow, JudgeBody, Lookup, Refuse, Rewrite
+from haven_agent.proxy.http_head import RequestHead, first_query_value
 from haven_agent.proxy.log_safe import printable_bytes
 
 log = Logger(namespace="haven_agent.policy")
@@ -32,8 +34,15 @@ class PolicyRule:
     Judges each allowed request by its identity's profile.
     """
 
-    def __init__(self, policy: Policy, readOnlyIdle: float | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        readOnlyIdle: float | None = None,
+        inspect: Inspect | None = None,
+    ) -> None:
         self.policy = policy
+        #: Reads dockerd's JSON on a side connection (a container's labels).
+        self.inspect = inspect
         #: --idle-timeout: how long the read-only profile's idle
         #: connections are kept.
         self.readOnlyIdle = readOnlyIdle
@@ -61,7 +70,10 @@ class PolicyRule:
         else:
             denial = profile.denial(head)
             if denial is None:
-                return self._bodyRule(head, profile, who, request, allowed.user)
+                answer = self._bodyRule(head, profile, who, request, allowed.user)
+                if profile.scope is None or type(answer) is Refuse:
+                    return answer
+                return self._scoped(head, profile, who, request, allowed.user, answer)
             status, message = 403, (
                 f'haven-agent: profile "{profile.name}" denies {request}: {denial}'
             )
@@ -129,6 +141,72 @@ class PolicyRule:
             rule=message,
             event="policy would deny",
         )
+
+    def _scoped(
+        self,
+        head: RequestHead,
+        profile: Profile,
+        who: str,
+        request: str,
+        user: str,
+        body: JudgeBody | None,
+    ) -> JudgeBody | Lookup | Rewrite | Refuse | None:
+        """
+        The scope's part: lists narrowed, one container's labels looked up,
+        a create's body held to carry the label (see `scope`).
+        """
+        scope: Scope = profile.scope  # type: ignore[assignment]
+        route = request_route(head) or ""
+
+        def denied(problem: str, status: int = 403) -> Refuse | None:
+            message = (
+                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
+            )
+            if profile.mode == "log":
+                self._wouldDeny(who, request, status, message, profile, user)
+                return None
+            return Refuse(status, message, user=user)
+
+        if route in NARROWED:
+            try:
+                return Rewrite(scope.narrowed(head))
+            except ScopeError as e:
+                return denied(str(e), 400)
+        if route == "/containers/create":
+            first = body.check if body is not None else (lambda _: None)
+
+            def check(raw: bytes) -> str | None:
+                problem = scope.bodyProblem(raw)
+                if problem is not None:
+                    refusal = denied(problem)
+                    return None if refusal is None else refusal.message
+                return first(raw)
+
+            return JudgeBody(check)
+        parts = head.apiPath.split(b"/")
+        if route.startswith(("/containers/{id}", "/exec/{id}")) and len(parts) > 2:
+            target, isExec = parts[2].decode("utf-8", "replace"), route.startswith(
+                "/exec/"
+            )
+        elif route == "/commit":
+            named = first_query_value(head.target, b"container")
+            if named is None:
+                return denied("commit names no container")
+            target, isExec = named.decode("utf-8", "replace"), False
+        else:
+            return body
+        inspect = self.inspect
+        if inspect is None:
+            return denied("the scope cannot be checked here")
+
+        def fetch() -> Deferred[Refuse | None]:
+            checking = scope.check(inspect, target, isExec)
+            checking.addCallback(
+                lambda problem: None if problem is None else denied(problem)
+            )
+            return checking
+
+        return Lookup(fetch, body)
 
     def terms(self, allowed: Allow) -> tuple[int | None, float | None]:
         """

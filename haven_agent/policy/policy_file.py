@@ -26,16 +26,22 @@ from attrs import frozen
 from haven_agent.policy.body_rules import create_rules
 from haven_agent.policy.profiles import BUILT_IN, FULL, MODES, Profile, QueryRule
 from haven_agent.policy.route_rules import RouteRule, RuleError
+from haven_agent.policy.scope import Scope
 from haven_agent.proxy.auth import is_bcrypt_hash
 
 CERTIFICATE_PREFIX = "cert:"
 PROFILE_KEYS = frozenset(
-    ("allow", "deny", "mode", "query", "create", "max_connections", "idle_timeout")
+    (
+        "allow",
+        "deny",
+        "mode",
+        "query",
+        "create",
+        "scope",
+        "max_connections",
+        "idle_timeout",
+    )
 )
-#: Keys of the policy issue's later parts: refused until they are enforced,
-#: so that no one believes a rule holds that does not.
-NOT_YET = frozenset(("scope",))
-
 
 class PolicyError(ValueError):
     """
@@ -203,12 +209,6 @@ class _Reader:
         if not isinstance(body, dict):
             raise self.fail(f"profile {name!r} must be a table", name)
         for key in body:
-            if key in NOT_YET:
-                raise self.fail(
-                    f"profile {name!r}: {key!r} is not enforced by this version of "
-                    f"the agent; remove it rather than rely on it",
-                    key,
-                )
             if key not in PROFILE_KEYS:
                 raise self.fail(f"profile {name!r}: unknown key {key!r}", key)
         mode = body.get("mode", "enforce")
@@ -241,8 +241,15 @@ class _Reader:
                 f"profile {name!r}: idle_timeout must be a number of seconds above 0",
                 "idle_timeout",
             )
+        scope = None
+        if "scope" in body:
+            try:
+                scope = Scope.parse(body["scope"])
+            except ValueError as e:
+                raise self.fail(f"profile {name!r}: {e}", "scope") from None
         return Profile(
             name,
+            scope=scope,
             maxConnections=most,
             idleTimeout=None if idle is None else float(idle),
             allow=self.rules(name, body.get("allow", []), "allow"),

@@ -30,6 +30,7 @@ from attrs import field, frozen
 
 from haven_agent.policy.body_rules import CreateRules
 from haven_agent.policy.route_rules import RouteRule, request_route
+from haven_agent.policy.scope import Scope
 from haven_agent.proxy.http_head import RequestHead, first_query_value
 from haven_agent.proxy.read_only import read_only_refusal
 
@@ -81,6 +82,8 @@ class Profile:
     #: the read-only profile only).
     maxConnections: int | None = None
     idleTimeout: float | None = None
+    #: The containers its identities may touch (`scope`), if limited.
+    scope: Scope | None = None
     #: Everything allowed: no rule to check, any path form.
     everything: bool = False
     check: Callable[[RequestHead], str | None] | None = field(default=None, eq=False)

@@ -25,14 +25,14 @@ once allowed it is an `AnswerMetrics`: the agent answers it itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, succeed
 
 from haven_agent.proxy.auth import NOT_KNOWN_YET, BasicAuthChecker, NotKnownYet
 from haven_agent.proxy.health import HEALTH_PATH
-from haven_agent.proxy.http_head import RequestHead
+from haven_agent.proxy.http_head import RequestHead, parse_head
 from haven_agent.proxy.log_safe import printable_bytes
 from haven_agent.proxy.read_only import read_only_refusal
 from haven_agent.proxy.terminal import (
@@ -99,6 +99,38 @@ class JudgeBody:
 
 
 @frozen
+class Lookup:
+    """
+    A rule's answer that needs dockerd first (a container's labels):
+    C{fetch} fires with the refusal or None, and when None, C{then} is the
+    rule's answer (a L{JudgeBody}, or None).
+    """
+
+    fetch: Callable[[], Deferred[Refuse | None]]
+    then: JudgeBody | None = None
+
+
+@frozen
+class Rewrite:
+    """
+    A rule's answer that lets the request through with its head replaced
+    by C{raw} (a list narrowed to a profile's scope).
+    """
+
+    raw: bytes
+
+
+@frozen
+class AllowRewritten:
+    """
+    Let the request through as C{allowed}, but send C{head} in its place.
+    """
+
+    allowed: Allow
+    head: RequestHead
+
+
+@frozen
 class AllowAfterBody:
     """
     Let the request through as C{allowed} once its whole body (read by the
@@ -136,7 +168,15 @@ class AnswerHealth:
 
 HEALTH = AnswerHealth()
 
-Verdict = Allow | Refuse | AnswerHealth | AnswerMetrics | AnswerTicket | AllowAfterBody
+Verdict = (
+    Allow
+    | Refuse
+    | AnswerHealth
+    | AnswerMetrics
+    | AnswerTicket
+    | AllowAfterBody
+    | AllowRewritten
+)
 
 
 class Rule(Protocol):
@@ -147,7 +187,7 @@ class Rule(Protocol):
 
     def __call__(
         self, head: RequestHead, allowed: Allow
-    ) -> Refuse | JudgeBody | None: ...
+    ) -> Refuse | JudgeBody | Lookup | Rewrite | None: ...
 
 
 def read_only_rule(head: RequestHead, allowed: Allow) -> Refuse | None:
@@ -232,11 +272,16 @@ class AccessDecision:
         known = self.verdictNow(head, who)
         if known is not NOT_KNOWN_YET:
             return succeed(known)  # type: ignore[arg-type]
-        checking = self._checker.check(head.first(b"authorization"))
-        checking.addCallback(lambda user: self._judge(head, who, user))
+        if self._mode == "cert":
+            checking: Deferred[str | None] = succeed(who.certificate)
+        else:
+            checking = self._checker.check(head.first(b"authorization"))
+        checking.addCallback(lambda user: self._judge(head, who, user, resolve=True))
         return checking
 
-    def _judge(self, head: RequestHead, who: Identity, user: str | None) -> Verdict:
+    def _judge(
+        self, head: RequestHead, who: Identity, user: str | None, resolve: bool = False
+    ) -> Any:
         """
         The verdict for C{user} (who the password or certificate says, or
         None), by the mode: with "both", a right password counts only over
@@ -251,16 +296,69 @@ class AccessDecision:
             allowed = Allow(user, self._auth, self._checker.isReadOnly(user))
             if len(self._allows) < 1024:
                 self._allows[user] = allowed
-        body = None
-        for rule in self._rules:
-            answer = rule(head, allowed)
+        return self._rulesFrom(0, head, allowed, None, None, resolve)
+
+    def _rulesFrom(
+        self,
+        start: int,
+        head: RequestHead,
+        allowed: Allow,
+        body: JudgeBody | None,
+        raw: bytes | None,
+        resolve: bool,
+    ) -> Any:
+        """
+        The rules from C{start} on: the verdict, L{NOT_KNOWN_YET} when a
+        rule must ask dockerd first and C{resolve} is false, or a Deferred
+        of the verdict when it is true.
+        """
+        rules = self._rules
+        for index in range(start, len(rules)):
+            answer = rules[index](head, allowed)
             if answer is None:
                 continue
-            if type(answer) is JudgeBody:
-                body = answer
+            kind = type(answer)
+            if kind is JudgeBody:
+                body = answer  # type: ignore[assignment]
                 continue
-            refusal: Refuse = answer  # type: ignore[assignment]
-            return refusal if refusal.user else evolve(refusal, user=allowed.user)
+            if kind is Rewrite:
+                raw = answer.raw  # type: ignore[union-attr]
+                continue
+            if kind is Lookup:
+                if not resolve:
+                    return NOT_KNOWN_YET
+                lookup: Lookup = answer  # type: ignore[assignment]
+                asking = lookup.fetch()
+                return asking.addCallback(
+                    self._looked, index + 1, head, allowed, lookup.then or body, raw
+                )
+            return self._refusal(answer, allowed)  # type: ignore[arg-type]
+        return self._final(head, allowed, body, raw)
+
+    def _looked(
+        self,
+        refusal: Refuse | None,
+        start: int,
+        head: RequestHead,
+        allowed: Allow,
+        body: JudgeBody | None,
+        raw: bytes | None,
+    ) -> Any:
+        if refusal is not None:
+            return self._refusal(refusal, allowed)
+        return self._rulesFrom(start, head, allowed, body, raw, True)
+
+    @staticmethod
+    def _refusal(refusal: Refuse, allowed: Allow) -> Refuse:
+        return refusal if refusal.user else evolve(refusal, user=allowed.user)
+
+    def _final(
+        self,
+        head: RequestHead,
+        allowed: Allow,
+        body: JudgeBody | None,
+        raw: bytes | None,
+    ) -> Verdict:
         if head.path == METRICS_PATH and head.method == b"GET":
             return AnswerMetrics(allowed)
         if head.path == TICKETS_PATH and head.method == b"POST":
@@ -269,6 +367,8 @@ class AccessDecision:
             return AnswerTicket(allowed)
         if body is not None:
             return AllowAfterBody(allowed, body.check)
+        if raw is not None:
+            return AllowRewritten(allowed, parse_head(raw))
         return allowed
 
     def _unauthenticated(self, head: RequestHead, who: Identity) -> Refuse:

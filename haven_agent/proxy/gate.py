@@ -90,6 +90,7 @@ from haven_agent.proxy.decision import (
     AccessDecision,
     Allow,
     AllowAfterBody,
+    AllowRewritten,
     AnswerHealth,
     AnswerMetrics,
     AnswerTicket,
@@ -590,6 +591,8 @@ class GateProtocol(Protocol):
             self._answerMetrics(head, verdict.allowed)  # type: ignore[union-attr]
         elif kind is AnswerTicket:
             self._answerTicket(head, verdict.allowed)  # type: ignore[union-attr]
+        elif kind is AllowRewritten:
+            self._allowed(verdict.allowed, verdict.head)  # type: ignore[union-attr]
         elif kind is AllowAfterBody:
             self._allowedAfterBody(verdict, head)  # type: ignore[arg-type]
         else:

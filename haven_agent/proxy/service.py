@@ -315,7 +315,14 @@ def build_proxy_service(
         raise StartupError(
             f"{config.sources.of('policy')} {config.policy}: {e}"
         ) from None
-    policyRule = PolicyRule(policy, config.idleTimeout) if policy is not None else None
+    policyRule = None
+    if policy is not None:
+        inspect = None
+        if any(p.scope is not None for p in policy.profiles.values()):
+            from haven_agent.reporting.docker_api import DockerAPI
+
+            inspect = DockerAPI(reactor, config.docker, 5.0).inspect
+        policyRule = PolicyRule(policy, config.idleTimeout, inspect)
     if registry is None:
         registry = new_registry()
     users = [config.user]

@@ -221,6 +221,13 @@ class DockerAPI:
         """
         return self._get_json(b"/info", dict)
 
+    def inspect(self, path: bytes) -> Deferred[dict[str, Any]]:
+        """
+        C{GET path} for one object's JSON (C{/containers/ID/json}); fails
+        with L{DockerUnavailable} for any answer but 200.
+        """
+        return self._get_json(path, dict)
+
     def containers(self) -> Deferred[list[dict[str, Any]]]:
         """
         C{GET /containers/json?all=1}: every container, running or not.

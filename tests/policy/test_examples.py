@@ -20,6 +20,7 @@ from haven_agent.proxy.decision import (
     AccessDecision,
     Allow,
     AllowAfterBody,
+    AllowRewritten,
     AnswerMetrics,
     Identity,
 )
@@ -31,8 +32,18 @@ DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "policy.md")
 def examples() -> list[str]:
     with open(DOCS, encoding="utf-8") as f:
         page = f.read()
-    section = page[page.index("## Examples") : page.index("## Not yet")]
+    start = page.index("## Examples")
+    section = page[start : page.index("\n## ", start)]
     return re.findall(r"```toml\n(.*?)```", section, re.S)
+
+
+def labelled(path: bytes):
+    """
+    dockerd's answer for the examples' containers: "abc" carries the CI
+    runner's label, "other" does not.
+    """
+    labels = {"com.example.owner": "ci"} if b"/abc/" in path else {}
+    return succeed({"Config": {"Labels": labels}})
 
 
 def judge(text: str, mode: str = "password") -> AccessDecision:
@@ -40,7 +51,7 @@ def judge(text: str, mode: str = "password") -> AccessDecision:
     checker = BasicAuthChecker(
         "admin", "pw", lambda f, *a: succeed(f(*a)), extra=policy.users
     )
-    return AccessDecision(checker, mode, rules=(PolicyRule(policy),))
+    return AccessDecision(checker, mode, rules=(PolicyRule(policy, inspect=labelled),))
 
 
 class ExampleTests(SynchronousTestCase):
@@ -55,7 +66,11 @@ class ExampleTests(SynchronousTestCase):
     def assertAllowed(self, decision, lines, **who) -> None:
         for line in lines:
             verdict = self.verdict(decision, line, **who)
-            self.assertIsInstance(verdict, (Allow, AllowAfterBody, AnswerMetrics), line)
+            self.assertIsInstance(
+                verdict,
+                (Allow, AllowAfterBody, AllowRewritten, AnswerMetrics),
+                repr(line),
+            )
 
     def assertRefused(self, decision, lines, **who) -> None:
         for line in lines:
@@ -186,6 +201,8 @@ class ExampleTests(SynchronousTestCase):
         self.assertRefused(
             ci,
             [
+                b"POST /containers/other/kill?signal=TERM",
+                b"GET /containers/other/logs",
                 b"POST /containers/abc/kill?signal=KILL",
                 b"GET /libpod/info",
                 b"GET /containers/abc/archive?path=/etc",

@@ -67,9 +67,9 @@ class ReadTests(SynchronousTestCase):
             ("version = 1\n[profiles.p]\nmax_connections = 1.5\n", 3, "whole number"),
             ('version = 1\n[profiles.p]\nidle_timeout = "1m"\n', 3, "seconds above 0"),
             (
-                'version = 1\n[profiles.p]\nscope = { label = "a=b" }\n',
+                'version = 1\n[profiles.p]\nscope = { label = "owner" }\n',
                 3,
-                "not enforced by this version",
+                'the label must be "key=value"',
             ),
             (
                 "version = 1\n[profiles.p]\ncreate = { privileged = true }\n",
