@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from haven_agent.policy.body_rules import JUDGED_ROUTES, QUERY_ROUTES
 from haven_agent.policy.policy_file import Policy
-from haven_agent.policy.profiles import Profile
+from haven_agent.policy.profiles import PING, Profile
 from haven_agent.policy.route_rules import canonical_problem, request_route
 from haven_agent.policy.scope import NARROWED, Inspect, Scope, ScopeError
 from haven_agent.proxy.decision import Allow, JudgeBody, Lookup, Refuse, Rewrite
@@ -56,6 +56,8 @@ class PolicyRule:
         who = ("certificate " if byCertificate else "user ") + allowed.user
         request = f"{printable_bytes(head.method)} {printable_bytes(head.apiPath)}"
         if profile is None:
+            if PING.matches(head.method, request_route(head)):
+                return None
             return self._refuse(
                 403, f"haven-agent: {who} has no profile in the policy", allowed
             )

@@ -43,6 +43,7 @@ PROFILE_KEYS = frozenset(
     )
 )
 
+
 class PolicyError(ValueError):
     """
     What is wrong with a policy file, as "FILE:LINE: problem".
@@ -143,13 +144,24 @@ class _Reader:
         self._lines = text.splitlines()
         self._path = path
 
-    def fail(self, problem: str, *near: str) -> PolicyError:
+    def fail(self, problem: str, *near: str, table: str | None = None) -> PolicyError:
         """
-        The error, placed on the first line that holds all of C{near}.
+        The error, placed on the first line that holds all of C{near},
+        looked for from the header of C{table} on when it is given.
         """
-        for number, line in enumerate(self._lines, 1):
-            if near and all(word in line for word in near):
+        start = 0
+        if table is not None:
+            header = f"[{table}]"
+            for index, line in enumerate(self._lines):
+                if line.split("#", 1)[0].strip() == header:
+                    start = index + 1
+                    break
+        for number, line in enumerate(self._lines[start:], start + 1):
+            code = line.split("#", 1)[0]
+            if near and all(word in code for word in near):
                 return PolicyError(f"{self._path}:{number}: {problem}")
+        if start:
+            return self.fail(problem, *near)
         return PolicyError(f"{self._path}: {problem}")
 
     def policy(self, document: dict[str, Any]) -> Policy:
@@ -175,13 +187,14 @@ class _Reader:
 
     def users(self, users: Any) -> dict[str, str]:
         if not isinstance(users, dict):
-            raise self.fail("[users] must be a table", "users")
+            raise self.fail("[users] must be a table", "users", table="users")
         for name, secret in users.items():
             if not isinstance(secret, str) or not is_bcrypt_hash(secret):
                 raise self.fail(
                     f"user {name!r}: give a bcrypt hash as `htpasswd -nbB` "
                     f"prints it ($2y$...), not a password",
                     name,
+                    table="users",
                 )
         return dict(users)
 
@@ -189,7 +202,9 @@ class _Reader:
         self, identities: Any, profiles: Mapping[str, Profile]
     ) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
         if not isinstance(identities, dict):
-            raise self.fail("[identities] must be a table", "identities")
+            raise self.fail(
+                "[identities] must be a table", "identities", table="identities"
+            )
         names: dict[str, str] = {}
         certificates = []
         for who, profile in identities.items():
@@ -198,6 +213,7 @@ class _Reader:
                     f"identity {who!r}: no profile {profile!r} (built in: "
                     f"{', '.join(BUILT_IN)})",
                     who,
+                    table="identities",
                 )
             if who.startswith(CERTIFICATE_PREFIX):
                 certificates.append((who[len(CERTIFICATE_PREFIX) :], profile))
@@ -207,23 +223,37 @@ class _Reader:
 
     def profile(self, name: str, body: Any) -> Profile:
         if not isinstance(body, dict):
-            raise self.fail(f"profile {name!r} must be a table", name)
+            raise self.fail(
+                f"profile {name!r} must be a table", name, table=f"profiles.{name}"
+            )
         for key in body:
             if key not in PROFILE_KEYS:
-                raise self.fail(f"profile {name!r}: unknown key {key!r}", key)
+                raise self.fail(
+                    f"profile {name!r}: unknown key {key!r}",
+                    key,
+                    table=f"profiles.{name}",
+                )
         mode = body.get("mode", "enforce")
         if mode not in MODES:
             raise self.fail(
-                f"profile {name!r}: mode must be one of {', '.join(MODES)}", "mode"
+                f"profile {name!r}: mode must be one of {', '.join(MODES)}",
+                "mode",
+                table=f"profiles.{name}",
             )
         create = None
         if "create" in body:
             if not isinstance(body["create"], dict):
-                raise self.fail(f"profile {name!r}: create must be a table", "create")
+                raise self.fail(
+                    f"profile {name!r}: create must be a table",
+                    "create",
+                    table=f"profiles.{name}",
+                )
             try:
                 create = create_rules(body["create"])
             except ValueError as e:
-                raise self.fail(f"profile {name!r}: {e}", "create") from None
+                raise self.fail(
+                    f"profile {name!r}: {e}", "create", table=f"profiles.{name}"
+                ) from None
         most = body.get("max_connections")
         if most is not None and (
             not isinstance(most, int) or isinstance(most, bool) or most < 1
@@ -232,6 +262,7 @@ class _Reader:
                 f"profile {name!r}: max_connections must be a whole number of at "
                 f"least 1",
                 "max_connections",
+                table=f"profiles.{name}",
             )
         idle = body.get("idle_timeout")
         if idle is not None and (
@@ -240,13 +271,16 @@ class _Reader:
             raise self.fail(
                 f"profile {name!r}: idle_timeout must be a number of seconds above 0",
                 "idle_timeout",
+                table=f"profiles.{name}",
             )
         scope = None
         if "scope" in body:
             try:
                 scope = Scope.parse(body["scope"])
             except ValueError as e:
-                raise self.fail(f"profile {name!r}: {e}", "scope") from None
+                raise self.fail(
+                    f"profile {name!r}: {e}", "scope", table=f"profiles.{name}"
+                ) from None
         return Profile(
             name,
             scope=scope,
@@ -261,27 +295,41 @@ class _Reader:
 
     def rules(self, name: str, rules: Any, key: str) -> tuple[RouteRule, ...]:
         if not isinstance(rules, list):
-            raise self.fail(f"profile {name!r}: {key} must be a list of routes", key)
+            raise self.fail(
+                f"profile {name!r}: {key} must be a list of routes",
+                key,
+                table=f"profiles.{name}",
+            )
         parsed = []
         for text in rules:
             try:
                 parsed.append(RouteRule.parse(text))
             except RuleError as e:
-                raise self.fail(f"profile {name!r}: {e}", str(text)) from None
+                raise self.fail(
+                    f"profile {name!r}: {e}", str(text), table=f"profiles.{name}"
+                ) from None
         return tuple(parsed)
 
     def queries(self, name: str, queries: Any) -> tuple[QueryRule, ...]:
         if not isinstance(queries, dict):
-            raise self.fail(f"profile {name!r}: query must be a table", "query")
+            raise self.fail(
+                f"profile {name!r}: query must be a table",
+                "query",
+                table=f"profiles.{name}",
+            )
         parsed = []
         for text, parameters in queries.items():
             try:
                 route = RouteRule.parse(text)
             except RuleError as e:
-                raise self.fail(f"profile {name!r}: {e}", text) from None
+                raise self.fail(
+                    f"profile {name!r}: {e}", text, table=f"profiles.{name}"
+                ) from None
             if not isinstance(parameters, dict) or not parameters:
                 raise self.fail(
-                    f"profile {name!r}: query.{text!r} must name parameters", text
+                    f"profile {name!r}: query.{text!r} must name parameters",
+                    text,
+                    table=f"profiles.{name}",
                 )
             for parameter, values in parameters.items():
                 if not isinstance(values, list) or not all(
@@ -291,6 +339,7 @@ class _Reader:
                         f"profile {name!r}: query.{text!r}.{parameter} must be a "
                         f"list of strings",
                         parameter,
+                        table=f"profiles.{name}",
                     )
                 parsed.append(QueryRule(route, parameter, frozenset(values)))
         return tuple(parsed)

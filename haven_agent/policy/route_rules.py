@@ -63,7 +63,10 @@ def canonical_problem(head: RequestHead) -> str | None:
     if target.startswith((b"http://", b"https://")):
         slash = target.find(b"/", target.find(b"//") + 2)
         target = target[slash:] if slash >= 0 else b"/"
-    raw = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    if b"#" in target:
+        # A client never sends a fragment; dockerd would keep it in the path.
+        return "a # in the request target"
+    raw = target.split(b"?", 1)[0]
     if b"%2f" in raw.lower() or b"%5c" in raw.lower():
         return "an encoded / or \\ in the path"
     decoded = unquote_to_bytes(raw)

@@ -212,11 +212,15 @@ class BasicAuthChecker:
             return False
 
     def _remember(self, verdict: bool, key: bytes, account: Account) -> None:
-        self._verdicts[key] = verdict
-        while len(self._verdicts) > self._cacheSize:
-            self._verdicts.popitem(last=False)
+        # An account replaced while its check ran (a reload rotated the
+        # password) no longer counts, and its verdict is not kept.
+        current = account in self._accounts
+        if current:
+            self._verdicts[key] = verdict
+            while len(self._verdicts) > self._cacheSize:
+                self._verdicts.popitem(last=False)
         for waiting in self._pending.pop(key):
-            waiting.callback(self._name(account, verdict))
+            waiting.callback(self._name(account, verdict and current))
 
     @staticmethod
     def _name(account: Account, ok: bool) -> str | None:
