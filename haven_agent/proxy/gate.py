@@ -620,7 +620,7 @@ class GateProtocol(Protocol):
         return True
 
     def _allowed(self, allowed: Allow, head: RequestHead) -> None:
-        if not self._authenticated(allowed):
+        if self._user is None and not self._authenticated(allowed):
             return
         if self._splice.docker is None:
             self._connectDocker(head, allowed)
