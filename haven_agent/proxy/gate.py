@@ -154,6 +154,11 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CLOSED: frozenset(),
 }
 
+TOO_BIG_TO_JUDGE = (
+    f"this request's body is judged by the policy, and a body over "
+    f"{MAX_JUDGED_BODY} bytes is not"
+)
+
 #: Why the client's reads are paused, as PauseReasons keys.
 PAUSED_FOR = {Phase.DECIDING: "deciding", Phase.HOLDING: "awaiting dockerd's answer"}
 
@@ -429,13 +434,7 @@ class GateProtocol(Protocol):
         elif self._phase is Phase.READING or self._phase is Phase.PIPE:
             self._passClientEOF()
         elif self._phase is Phase.BODY:
-            judged = self._judged
-            self._refuse(
-                400,
-                "the request body ended before its end",
-                judged.head,
-                judged.verdict.allowed.user,
-            )
+            self._refuseJudged(400, "the request body ended before its end")
 
     def writeConnectionLost(self) -> None:
         pass
@@ -683,13 +682,7 @@ class GateProtocol(Protocol):
             return
         framing = head.framing
         if framing.length > MAX_JUDGED_BODY:
-            self._refuse(
-                413,
-                f"this request's body is judged by the policy, and a body over "
-                f"{MAX_JUDGED_BODY} bytes is not",
-                head,
-                verdict.allowed.user,
-            )
+            self._refuse(413, TOO_BIG_TO_JUDGE, head, verdict.allowed.user)
             return
         paused = self._phase is Phase.DECIDING
         self._enter(Phase.BODY)
@@ -717,19 +710,11 @@ class GateProtocol(Protocol):
         try:
             end = judged.tracker.endIn(data)
         except FramingError as error:
-            self._refuse(
-                400, f"malformed request body: {error.message}", head, allowed.user
-            )
+            self._refuseJudged(400, f"malformed request body: {error.message}")
             return
         judged.raw += data if end == len(data) else data[:end]
         if len(judged.raw) > MAX_JUDGED_BODY + MAX_CHUNK_FRAMING:
-            self._refuse(
-                413,
-                f"this request's body is judged by the policy, and a body over "
-                f"{MAX_JUDGED_BODY} bytes is not",
-                head,
-                allowed.user,
-            )
+            self._refuseJudged(413, TOO_BIG_TO_JUDGE)
             return
         if not judged.tracker.done:
             return
@@ -760,6 +745,13 @@ class GateProtocol(Protocol):
         if data:
             self._readRequests(data)
         self._passClientEOFIfDue()
+
+    def _refuseJudged(self, status: int, message: str) -> None:
+        """
+        Refuse the request whose body is being read to be judged.
+        """
+        judged = self._judged
+        self._refuse(status, message, judged.head, judged.verdict.allowed.user)
 
     def _answerTicket(self, head: RequestHead, allowed: Allow) -> None:
         """
@@ -1188,13 +1180,7 @@ class GateProtocol(Protocol):
     def _headTimedOut(self) -> None:
         self._timer = None
         if self._phase is Phase.BODY:
-            judged = self._judged
-            self._refuse(
-                408,
-                "request body not received in time",
-                judged.head,
-                judged.verdict.allowed.user,
-            )
+            self._refuseJudged(408, "request body not received in time")
         elif self._reader.started:
             self._refuse(408, "request head not received in time", None, None)
         else:
