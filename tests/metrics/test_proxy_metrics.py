@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +17,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.config import ProxyConfig
 from haven_agent.metrics.exposition import render
 from haven_agent.metrics.proxy_metrics import (
     HIJACK_ROUTES,
@@ -32,14 +30,10 @@ from haven_agent.metrics.proxy_metrics import (
 from haven_agent.proxy.access_log import RequestRecord
 from haven_agent.proxy.engine_routes import is_known_template
 from haven_agent.proxy.http_head import parse_head
-from haven_agent.proxy.service import build_proxy_service
-from haven_agent.thread_pools import ThreadPools
 from tests.fake_dockerd import UPGRADED
 from tests.proxy.test_proxy_fake_dockerd import (
     AUTH,
     BAD_AUTH,
-    PASSWORD,
-    USER,
     ProxyTestCase,
     exchange,
     read_to_close,
@@ -290,30 +284,11 @@ class ScrapeTests(ProxyTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.fake, path = self.startFake()
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.agentPort = probe.getsockname()[1]
-        probe.close()
-        stateDir = os.path.abspath(self.mktemp())
-        config = ProxyConfig(
-            listen=(f"tcp:{self.agentPort}:interface=127.0.0.1",),
-            docker="unix:" + path,
-            user=USER.decode(),
-            password=PASSWORD.decode(),
-            passwordIsDefault=False,
-            tlsCert=None,
-            tlsKey=None,
-            stateDir=stateDir,
-            serverNames=(),
+        self.service = self.startService(
+            path,
             readOnlyUser="viewer",
             readOnlyPassword="look",
         )
-        threads = ThreadPools(reactor)
-        self.service = build_proxy_service(config, reactor, threads)
-        self.service.setServiceParent(threads)
-        threads.startService()
-        self.addCleanup(threads.stopService)
-        self.caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
 
     @inlineCallbacks
     def scrape(self, auth: bytes = AUTH):

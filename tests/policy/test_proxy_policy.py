@@ -10,19 +10,12 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs
 
-from haven_agent.config import ProxyConfig
-from haven_agent.proxy.service import build_proxy_service
-from haven_agent.thread_pools import ThreadPools
 from tests.policy.test_enforcement import HASH, POLICY
 from tests.proxy.test_proxy_fake_dockerd import (
-    PASSWORD,
-    USER,
     ProxyTestCase,
     exchange,
     read_to_close,
@@ -43,32 +36,13 @@ class PolicyProxyCase(ProxyTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.fake, path = self.startFake()
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.agentPort = probe.getsockname()[1]
-        probe.close()
-        stateDir = os.path.abspath(self.mktemp())
         self.policyPath = os.path.abspath(self.mktemp())
         with open(self.policyPath, "w") as f:
             f.write(self.policyText)
-        config = ProxyConfig(
-            listen=(f"tcp:{self.agentPort}:interface=127.0.0.1",),
-            docker="unix:" + path,
-            user=USER.decode(),
-            password=PASSWORD.decode(),
-            passwordIsDefault=False,
-            tlsCert=None,
-            tlsKey=None,
-            stateDir=stateDir,
-            serverNames=(),
+        self.service = self.startService(
+            path,
             policy=self.policyPath,
         )
-        threads = ThreadPools(reactor)
-        self.service = build_proxy_service(config, reactor, threads)
-        self.service.setServiceParent(threads)
-        threads.startService()
-        self.addCleanup(threads.stopService)
-        self.caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
 
     @inlineCallbacks
     def ask(self, method: bytes, target: bytes, auth: bytes = TRAEFIK):

@@ -439,6 +439,38 @@ class ProxyTestCase(TestCase):
         self.tls = tls
         return cast(IPv4Address, port.getHost()).port
 
+    def startService(self, dockerPath: str, **settings: Any):
+        """
+        The proxy as twistd builds it (`build_proxy_service`, its own
+        self-signed certificate, the thread pools) in front of
+        C{dockerPath}, with C{settings} over the defaults; sets
+        C{agentPort} and C{caFile} and returns the service.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.agentPort = probe.getsockname()[1]
+        probe.close()
+        stateDir = os.path.abspath(self.mktemp())
+        values: dict[str, Any] = dict(
+            listen=(f"tcp:{self.agentPort}:interface=127.0.0.1",),
+            docker="unix:" + dockerPath,
+            user=USER.decode(),
+            password=PASSWORD.decode(),
+            passwordIsDefault=False,
+            tlsCert=None,
+            tlsKey=None,
+            stateDir=stateDir,
+            serverNames=(),
+        )
+        values.update(settings)
+        threads = ThreadPools(reactor)
+        service = build_proxy_service(ProxyConfig(**values), reactor, threads)
+        service.setServiceParent(threads)
+        threads.startService()
+        self.addCleanup(threads.stopService)
+        self.caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
+        return service
+
     def setUpProxy(self, **gateOptions: Any) -> None:
         self.fake, self.path = self.startFake()
         self.reference, self.referencePath = self.startFake()
@@ -1409,28 +1441,10 @@ class BuiltServiceTests(ProxyTestCase):
         wrong ones get a 401.
         """
         fake, path = self.startFake()
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        stateDir = os.path.abspath(self.mktemp())
-        config = ProxyConfig(
-            listen=(f"tcp:{port}:interface=127.0.0.1",),
-            docker="unix:" + path,
-            user=USER.decode(),
-            password=bcrypt.hashpw(PASSWORD, bcrypt.gensalt(4)).decode(),
-            passwordIsDefault=False,
-            tlsCert=None,
-            tlsKey=None,
-            stateDir=stateDir,
-            serverNames=(),
+        self.startService(
+            path, password=bcrypt.hashpw(PASSWORD, bcrypt.gensalt(4)).decode()
         )
-        threads = ThreadPools(reactor)
-        service = build_proxy_service(config, reactor, threads)
-        service.setServiceParent(threads)
-        threads.startService()
-        self.addCleanup(threads.stopService)
-        caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
+        port, caFile = self.agentPort, self.caFile
         client = yield self.connect(port, caFile=caFile)
         data = request(b"GET", b"/_ping") * 2 + request(
             b"GET", b"/_ping", auth=BAD_AUTH

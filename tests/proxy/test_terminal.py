@@ -10,14 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.config import ProxyConfig
 from haven_agent.proxy.access_log import RequestRecord
 from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.decision import (
@@ -28,7 +25,6 @@ from haven_agent.proxy.decision import (
     Refuse,
 )
 from haven_agent.proxy.http_head import parse_head
-from haven_agent.proxy.service import build_proxy_service
 from haven_agent.proxy.terminal import (
     TICKET_SECONDS,
     AttachTickets,
@@ -36,11 +32,8 @@ from haven_agent.proxy.terminal import (
     parse_networks,
     presented_ticket,
 )
-from haven_agent.thread_pools import ThreadPools
 from tests.proxy.test_proxy_fake_dockerd import (
     AUTH,
-    PASSWORD,
-    USER,
     ProxyTestCase,
     exchange,
     request,
@@ -220,30 +213,11 @@ class TerminalProxyTests(ProxyTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.fake, path = self.startFake()
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.agentPort = probe.getsockname()[1]
-        probe.close()
-        stateDir = os.path.abspath(self.mktemp())
-        config = ProxyConfig(
-            listen=(f"tcp:{self.agentPort}:interface=127.0.0.1",),
-            docker="unix:" + path,
-            user=USER.decode(),
-            password=PASSWORD.decode(),
-            passwordIsDefault=False,
-            tlsCert=None,
-            tlsKey=None,
-            stateDir=stateDir,
-            serverNames=(),
+        self.startService(
+            path,
             attachTickets=True,
             ticketKey=os.urandom(32).hex(),
         )
-        threads = ThreadPools(reactor)
-        service = build_proxy_service(config, reactor, threads)
-        service.setServiceParent(threads)
-        threads.startService()
-        self.addCleanup(threads.stopService)
-        self.caFile = os.path.join(stateDir, "tls", "agent-cert.pem")
 
     @inlineCallbacks
     def ask(self, data: bytes):
