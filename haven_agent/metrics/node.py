@@ -413,8 +413,6 @@ class NodeMetrics:
         The blocking part, in one thread hop: read and parse every file.
         """
         proc = self._root.proc
-        # Per namespace: the host's are those of its process 1 (see HostRoot).
-        namespaced = os.path.join(proc, "self" if self._root.is_own else "1")
         outcomes: list[tuple[str, str | None]] = []
 
         def read(path: str) -> str | None:
@@ -444,7 +442,7 @@ class NodeMetrics:
                 (("memory", lambda t: memory_families(parse_meminfo(t))),),
             ),
             (
-                os.path.join(namespaced, "net", "dev"),
+                self._root.namespaced("net", "dev"),
                 (("network", lambda t: network_families(parse_net_dev_counters(t))),),
             ),
         ):
@@ -460,7 +458,7 @@ class NodeMetrics:
                 else:
                     outcomes.append((source, None))
 
-        path = os.path.join(namespaced, "mounts")
+        path = self._root.namespaced("mounts")
         table = read(path)
         mounts = None
         readonly: frozenset[str] = frozenset()

@@ -65,6 +65,15 @@ class HostRoot:
         """
         return os.path.normpath(self.path) == "/"
 
+    def namespaced(self, *parts: str) -> str:
+        """
+        A per-namespace C{/proc} file as the host sees it: the agent's own
+        (C{{proc}/self/...}) with its own root, the host init's
+        (C{{proc}/1/...}) with a host root, where the agent's own would be
+        its container's.
+        """
+        return os.path.join(self.proc, "self" if self.is_own else "1", *parts)
+
     def host_path(self, mountpoint: str) -> str:
         """
         The path, as the agent sees it, of the host's mount point C{mountpoint}.
@@ -158,15 +167,11 @@ def read_network(root: HostRoot) -> dict[str, dict[str, int]]:
     """
     Cumulative byte counters per host interface, C{lo} excluded (blocking).
 
-    With the agent's own root this is C{{proc}/net/dev}. With a host root it
-    is C{{proc}/1/net/dev}: C{{proc}/net} would be the network namespace of
-    the reading process, i.e. the container's, not the host's.
+    With a host root this is C{{proc}/1/net/dev}: C{{proc}/net} would be
+    the network namespace of the reading process, i.e. the container's, not
+    the host's (L{HostRoot.namespaced}).
     """
-    if root.is_own:
-        path = os.path.join(root.proc, "net", "dev")
-    else:
-        path = os.path.join(root.proc, "1", "net", "dev")
-    return parse_net_dev(read_text(path))
+    return parse_net_dev(read_text(root.namespaced("net", "dev")))
 
 
 @frozen
@@ -295,11 +300,7 @@ def read_mounts(root: HostRoot, include_network: bool = False) -> list[Mount]:
     With a host root the table is C{{proc}/1/mounts}, the host init's;
     C{{proc}/self/mounts} would be the container's own table.
     """
-    if root.is_own:
-        path = os.path.join(root.proc, "self", "mounts")
-    else:
-        path = os.path.join(root.proc, "1", "mounts")
-    return parse_mounts(read_text(path), include_network)
+    return parse_mounts(read_text(root.namespaced("mounts")), include_network)
 
 
 def disk_usage(root: HostRoot, mount: Mount) -> dict[str, int] | None:
