@@ -768,14 +768,34 @@ class GateProtocol(Protocol):
         except ValueError as e:
             self._refuse(400, f"give ?container=<name or ID>: {e}", head, allowed.user)
             return
-        response = json_response(
-            200, {"ticket": ticket, "container": name, "expires": expires}
+        self._answerOwn(
+            head,
+            allowed,
+            json_response(
+                200, {"ticket": ticket, "container": name, "expires": expires}
+            ),
+            f"attach ticket issued for container {printable(name)}",
         )
+
+    def _answerOwn(
+        self,
+        head: RequestHead,
+        allowed: Allow,
+        response: bytes,
+        outcome: str,
+        route: str | None = None,
+    ) -> None:
+        """
+        Answer C{allowed}'s request with the agent's own 200 C{response}
+        (its metrics page, a ticket), log it, and close.
+        """
         record = RequestRecord.of(head, allowed.user, self._clock.seconds())
         record.auth = allowed.auth
+        if route is not None:
+            record.route = route
         record.bytesOut = len(response)
         record.status = 200
-        self._log(record, f"attach ticket issued for container {printable(name)}")
+        self._log(record, outcome)
         self._answerLast(response)
 
     def _answerMetrics(self, head: RequestHead, allowed: Allow) -> None:
@@ -799,14 +819,7 @@ class GateProtocol(Protocol):
     def _metricsRendered(self, body: bytes, head: RequestHead, allowed: Allow) -> None:
         if self._phase is Phase.CLOSED:
             return
-        response = metrics_response(body)
-        record = RequestRecord.of(head, allowed.user, self._clock.seconds())
-        record.auth = allowed.auth
-        record.route = METRICS_ROUTE
-        record.bytesOut = len(response)
-        record.status = 200
-        self._log(record, "metrics")
-        self._answerLast(response)
+        self._answerOwn(head, allowed, metrics_response(body), "metrics", METRICS_ROUTE)
 
     def _metricsFailed(
         self, failure: Failure, head: RequestHead, allowed: Allow
