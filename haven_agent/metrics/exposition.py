@@ -107,16 +107,14 @@ def merge(processes: Sequence[Sequence[Metric]]) -> list[Metric]:
             rule = _rule(family)
             samples = values[key]
             for sample in family.samples:
-                # A series' creation time is the earliest one.
-                sampleRule = "min" if sample.name.endswith("_created") else rule
                 labels = tuple(sorted(sample.labels.items()))
                 where = (sample.name, labels)
                 old = samples.get(where)
                 if old is None:
                     samples[where] = sample.value
-                elif sampleRule == "sum":
+                elif rule == "sum":
                     samples[where] = old + sample.value
-                elif sampleRule == "max":
+                elif rule == "max":
                     samples[where] = max(old, sample.value)
                 else:
                     samples[where] = min(old, sample.value)
@@ -130,7 +128,8 @@ def merge(processes: Sequence[Sequence[Metric]]) -> list[Metric]:
 
 def snapshot_json(families: Iterable[Metric]) -> list[Any]:
     """
-    C{families} as JSON-ready lists.
+    C{families} as JSON-ready lists, without the C{_created} series that
+    L{render} leaves out anyway.
     """
     return [
         [
@@ -138,7 +137,7 @@ def snapshot_json(families: Iterable[Metric]) -> list[Any]:
             family.documentation,
             family.type,
             family.unit,
-            [[s.name, s.labels, s.value] for s in family.samples],
+            [[s.name, s.labels, s.value] for s in _uncreated(family).samples],
         ]
         for family in families
     ]

@@ -334,7 +334,6 @@ class ProxyMetrics:
             self.handshakes.labels(outcome)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)
-        self._connections = self.connections
         #: Called by L{refresh}: each sets gauges of the present, and may
         #: return a Deferred.
         self.refreshers: list[Callable[[ProxyMetrics], Any]] = []
@@ -384,7 +383,7 @@ class ProxyMetrics:
         return figures
 
     def connectionAccepted(self) -> None:
-        self._connections.inc()
+        self.connections.inc()
 
     def streamOpened(self, kind: str) -> None:
         self._streams[kind].inc()
