@@ -50,63 +50,52 @@ class PolicyRule:
     def replace(self, policy: Policy) -> None:
         self.policy = policy
 
-    def __call__(self, head: RequestHead, allowed: Allow) -> Refuse | JudgeBody | None:
+    def __call__(
+        self, head: RequestHead, allowed: Allow
+    ) -> Refuse | JudgeBody | Lookup | Rewrite | None:
         byCertificate = allowed.auth == "cert"
         profile = self.policy.profile_of(allowed.user, byCertificate)
         who = ("certificate " if byCertificate else "user ") + allowed.user
-        request = f"{printable_bytes(head.method)} {printable_bytes(head.apiPath)}"
         if profile is None:
             if PING.matches(head.method, request_route(head)):
                 return None
-            return self._refuse(
-                403, f"haven-agent: {who} has no profile in the policy", allowed
+            return Refuse(
+                403,
+                f"haven-agent: {who} has no profile in the policy",
+                user=allowed.user,
             )
         if profile.everything:
             return None
+        judging = _Judging(profile, who, allowed.user, head)
         problem = canonical_problem(head)
         if problem is not None:
-            status, message = 400, (
+            return judging.refuse(
                 f"haven-agent: {problem}: profile {profile.name!r} takes paths "
-                f"in canonical form only"
+                f"in canonical form only",
+                400,
             )
-        else:
-            denial = profile.denial(head)
-            if denial is None:
-                answer = self._bodyRule(head, profile, who, request, allowed.user)
-                if profile.scope is None or type(answer) is Refuse:
-                    return answer
-                return self._scoped(head, profile, who, request, allowed.user, answer)
-            status, message = 403, (
-                f'haven-agent: profile "{profile.name}" denies {request}: {denial}'
-            )
-        if profile.mode == "log":
-            self._wouldDeny(who, request, status, message, profile, allowed.user)
-            return None
-        return self._refuse(status, message, allowed)
+        denial = profile.denial(head)
+        if denial is not None:
+            return judging.deny(denial)
+        answer = self._bodyRule(head, judging)
+        if profile.scope is None or type(answer) is Refuse:
+            return answer
+        return self._scoped(head, judging, answer)  # type: ignore[arg-type]
 
-    def _bodyRule(
-        self, head: RequestHead, profile: Profile, who: str, request: str, user: str
-    ) -> JudgeBody | Refuse | None:
+    @staticmethod
+    def _bodyRule(head: RequestHead, judging: _Judging) -> JudgeBody | Refuse | None:
         """
         For a route whose body the profile's create rules judge, the check
         the gate runs once the body is in (for a build, whose body is its
         context, the query is judged at once).
         """
         route = request_route(head)
-        rules = profile.create
+        rules = judging.profile.create
         if rules is None:
             return None
         if route in QUERY_ROUTES:
             problem = rules.buildProblem(head.target)
-            if problem is None:
-                return None
-            message = (
-                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
-            )
-            if profile.mode == "log":
-                self._wouldDeny(who, request, 403, message, profile, user)
-                return None
-            return Refuse(403, message, user=user)
+            return None if problem is None else judging.deny(problem)
         if route not in JUDGED_ROUTES:
             return None
 
@@ -115,96 +104,53 @@ class PolicyRule:
                 problem = rules.pluginProblem(body)
             else:
                 problem = rules.problem(route, body)
-            if problem is None:
-                return None
-            message = (
-                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
-            )
-            if profile.mode == "log":
-                self._wouldDeny(who, request, 403, message, profile, user)
-                return None
-            return message
+            return None if problem is None else judging.bodyDenial(problem)
 
         return JudgeBody(check)
 
-    @staticmethod
-    def _wouldDeny(
-        who: str, request: str, status: int, message: str, profile: Profile, user: str
-    ) -> None:
-        log.info(
-            "{who} {request}: would be refused {status} ({message}); "
-            "forwarded, profile {profile} is in log mode",
-            who=who,
-            request=request,
-            status=status,
-            message=message,
-            profile=profile.name,
-            identity=user,
-            rule=message,
-            event="policy would deny",
-        )
-
     def _scoped(
-        self,
-        head: RequestHead,
-        profile: Profile,
-        who: str,
-        request: str,
-        user: str,
-        body: JudgeBody | None,
+        self, head: RequestHead, judging: _Judging, body: JudgeBody | None
     ) -> JudgeBody | Lookup | Rewrite | Refuse | None:
         """
         The scope's part: lists narrowed, one container's labels looked up,
         a create's body held to carry the label (see `scope`).
         """
-        scope: Scope = profile.scope  # type: ignore[assignment]
+        scope: Scope = judging.profile.scope  # type: ignore[assignment]
         route = request_route(head) or ""
-
-        def denied(problem: str, status: int = 403) -> Refuse | None:
-            message = (
-                f'haven-agent: profile "{profile.name}" denies {request}: {problem}'
-            )
-            if profile.mode == "log":
-                self._wouldDeny(who, request, status, message, profile, user)
-                return None
-            return Refuse(status, message, user=user)
-
         if route in NARROWED:
             try:
                 return Rewrite(scope.narrowed(head))
             except ScopeError as e:
-                return denied(str(e), 400)
+                return judging.deny(str(e), 400)
         if route == "/containers/create":
             first = body.check if body is not None else (lambda _: None)
 
             def check(raw: bytes) -> str | None:
                 problem = scope.bodyProblem(raw)
                 if problem is not None:
-                    refusal = denied(problem)
-                    return None if refusal is None else refusal.message
+                    return judging.bodyDenial(problem)
                 return first(raw)
 
             return JudgeBody(check)
         parts = head.apiPath.split(b"/")
         if route.startswith(("/containers/{id}", "/exec/{id}")) and len(parts) > 2:
-            target, isExec = parts[2].decode("utf-8", "replace"), route.startswith(
-                "/exec/"
-            )
+            target = parts[2].decode("utf-8", "replace")
+            isExec = route.startswith("/exec/")
         elif route == "/commit":
             named = first_query_value(head.target, b"container")
             if named is None:
-                return denied("commit names no container")
+                return judging.deny("commit names no container")
             target, isExec = named.decode("utf-8", "replace"), False
         else:
             return body
         inspect = self.inspect
         if inspect is None:
-            return denied("the scope cannot be checked here")
+            return judging.deny("the scope cannot be checked here")
 
         def fetch() -> Deferred[Refuse | None]:
             checking = scope.check(inspect, target, isExec)
             checking.addCallback(
-                lambda problem: None if problem is None else denied(problem)
+                lambda problem: None if problem is None else judging.deny(problem)
             )
             return checking
 
@@ -224,6 +170,52 @@ class PolicyRule:
             idle = self.readOnlyIdle
         return profile.maxConnections, idle
 
-    @staticmethod
-    def _refuse(status: int, message: str, allowed: Allow) -> Refuse:
-        return Refuse(status, message, user=allowed.user)
+
+class _Judging:
+    """
+    One request being judged by a profile: how each refusal is worded, and
+    what log mode makes of it (one line, and the request forwarded).
+    """
+
+    def __init__(self, profile: Profile, who: str, user: str, head: RequestHead):
+        self.profile = profile
+        self._who = who
+        self._user = user
+        self._request = (
+            f"{printable_bytes(head.method)} {printable_bytes(head.apiPath)}"
+        )
+
+    def deny(self, problem: str, status: int = 403) -> Refuse | None:
+        """
+        The refusal naming the profile, the request and C{problem}; None in
+        log mode.
+        """
+        return self.refuse(
+            f'haven-agent: profile "{self.profile.name}" denies {self._request}: '
+            f"{problem}",
+            status,
+        )
+
+    def bodyDenial(self, problem: str) -> str | None:
+        """
+        A body check's answer: the refusal's message, or None (log mode).
+        """
+        refusal = self.deny(problem)
+        return None if refusal is None else refusal.message
+
+    def refuse(self, message: str, status: int) -> Refuse | None:
+        if self.profile.mode == "log":
+            log.info(
+                "{who} {request}: would be refused {status} ({message}); "
+                "forwarded, profile {profile} is in log mode",
+                who=self._who,
+                request=self._request,
+                status=status,
+                message=message,
+                profile=self.profile.name,
+                identity=self._user,
+                rule=message,
+                event="policy would deny",
+            )
+            return None
+        return Refuse(status, message, user=self._user)
