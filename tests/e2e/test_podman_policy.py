@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import unittest
 import uuid
 
 from twisted.internet.defer import inlineCallbacks
@@ -17,7 +16,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.e2e_agent import AgentProcess, read_until_closed
-from tests.realpodman import IMAGE, PodmanUnavailable, shared_podman
+from tests.realdockerd import require
+from tests.realpodman import IMAGE, shared_podman
 
 POLICY = """
 version = 1
@@ -27,15 +27,6 @@ admin = "compat"
 allow = ["GET *", "HEAD /_ping", "POST /containers/create", "DELETE /containers/{id}"]
 deny = ["* /libpod/*"]
 """
-
-
-def podman():
-    try:
-        return shared_podman()
-    except PodmanUnavailable as e:
-        if os.environ.get("HAVEN_AGENT_REQUIRE_DOCKERD"):
-            raise AssertionError(f"a real podman is required here: {e}") from None
-        raise unittest.SkipTest(str(e)) from None
 
 
 def ask(
@@ -59,7 +50,7 @@ class LibpodDeniedTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.podman = yield deferToThread(podman)
+        self.podman = yield deferToThread(require, shared_podman)
         policy = os.path.abspath(self.mktemp())
         with open(policy, "w") as f:
             f.write(POLICY)
