@@ -21,7 +21,6 @@ from twisted.internet.ssl import Certificate
 from twisted.logger import LogLevel
 from twisted.python import usage
 
-from haven_agent import __version__
 from haven_agent.config import (
     DEFAULT_DOCKER,
     DEFAULT_INTERVAL,
@@ -93,18 +92,14 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
 def version_line() -> str:
     """
     C{haven-agent X (Twisted Y, Python Z, OpenSSL W)}: what a bug report
-    needs to know.
+    needs to know, from the same versions the metrics' build info gives.
     """
-    import platform
+    from haven_agent.metrics.registry import build_labels
 
-    from OpenSSL import SSL
-
-    from twisted import __version__ as twisted
-
-    openssl = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode("ascii", "replace")
+    versions = build_labels()
     return (
-        f"haven-agent {__version__} (Twisted {twisted}, Python "
-        f"{platform.python_version()}, {openssl})"
+        f"haven-agent {versions['version']} (Twisted {versions['twisted']}, "
+        f"Python {versions['python']}, {versions['openssl']})"
     )
 
 
