@@ -97,11 +97,11 @@ def read_worker_spec(
     line: bytes,
 ) -> tuple[ProxyConfig, list[ListenAddress], str, int, LogLevel]:
     spec = json.loads(line)
-    values = dict(spec["config"])
-    values["listen"] = tuple(values["listen"])
-    values["serverNames"] = tuple(values["serverNames"])
-    values["terminalFrom"] = tuple(values["terminalFrom"])
-    values["terminalOrigins"] = tuple(values["terminalOrigins"])
+    # JSON has lists where the frozen settings keep tuples.
+    values = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in spec["config"].items()
+    }
     values["sources"] = Sources(values["sources"]["names"])
     return (
         ProxyConfig(**values),
