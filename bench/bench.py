@@ -1011,6 +1011,7 @@ class Bench:
         }
         received = 0
         try:
+            t_event_wall = time.time()
             proc = await loop.run_in_executor(
                 None,
                 lambda: self.dockerd.docker(
@@ -1020,8 +1021,23 @@ class Bench:
             cid = proc.stdout.strip()
             t_event = time.monotonic()
 
-            async def wait_event(reader) -> float | None:
-                tail = b""
+            def event_time_ns(cid: bytes) -> int | None:
+                """The create event's timeNano, as dockerd's /events gives it."""
+                since = int(t_event_wall) - 60
+                status, body = self.dockerd.api_request(
+                    "GET",
+                    f"/events?since={since}&until={int(time.time()) + 1}&filters="
+                    + urllib.parse.quote(filters),
+                )
+                for line in body.splitlines():
+                    event = json.loads(line)
+                    if event.get("id", "").encode() == cid:
+                        return int(event["timeNano"])
+                return None
+
+            async def wait_event(reader) -> tuple[float, int] | None:
+                """(seconds after the create returned, wall-clock ns) on arrival."""
+                seen = b""
                 deadline = t_event + 30
                 while True:
                     left = deadline - time.monotonic()
@@ -1033,15 +1049,20 @@ class Bench:
                         return None
                     if not chunk:
                         return None
-                    data = tail + chunk
-                    if cid in data:
-                        return time.monotonic() - t_event
-                    tail = data[-len(cid) :]
+                    seen += chunk
+                    if cid in seen:
+                        return time.monotonic() - t_event, time.time_ns()
 
-            delays = await asyncio.gather(*(wait_event(r) for r, _ in streams))
-            got = [d for d in delays if d is not None]
+            arrivals = await asyncio.gather(*(wait_event(r) for r, _ in streams))
+            got = [a for a in arrivals if a is not None]
             received = len(got)
-            res["fanout_ms"] = max(got) * 1000 if got else None
+            # dockerd stamps every event with its wall-clock time (timeNano)
+            # before it writes it to any subscriber; the CLI returns only
+            # after that, when a fast path has already delivered much of it.
+            emitted = event_time_ns(cid)
+            if got and emitted is not None:
+                res["fanout_ms"] = (max(a[1] for a in got) - emitted) / 1e6
+            res["after_create_ms"] = max(a[0] for a in got) * 1000 if got else None
             await loop.run_in_executor(
                 None, lambda: self.dockerd.docker("rm", "-f", cid.decode(), check=False)
             )
@@ -1052,7 +1073,7 @@ class Bench:
                 w.transport.abort()
         res["received"] = received
         res["delivered"] = f"{received}/{n}"
-        res["ok"] = len(streams) == n and received == n
+        res["ok"] = len(streams) == n and received == n and "fanout_ms" in res
         if not res["ok"]:
             first = repr(failures[0]) if failures else ""
             res["error"] = (
@@ -1177,6 +1198,7 @@ ROWS = (
     ("wrk8", "p99_ms", "  p99 latency", "ms", False),
     ("events", "kib_per_stream", "idle /events: memory per stream", "KiB", False),
     ("events", "fanout_ms", "  one event to every stream", "ms", False),
+    ("events", "after_create_ms", "    after `docker create` returned", "ms", False),
     ("events", "delivered", "  streams that got the event", "", None),
 )
 
@@ -1202,7 +1224,8 @@ def summary(wl: str, res: dict) -> str:
             f"RSS {res['rss_before_kib']} -> {res['rss_after_kib']} KiB "
             f"({res.get('kib_per_stream', res.get('dockerd_kib_per_stream')):.1f} "
             "KiB/stream), event to "
-            f"{res['delivered']} in {res['fanout_ms']:.0f} ms"
+            f"{res['delivered']} in {res.get('fanout_ms') or 0:.0f} ms "
+            f"({res.get('after_create_ms') or 0:.0f} ms after the create returned)"
         )
     return f"{res['seconds']:.2f} s"
 
