@@ -5,8 +5,8 @@ Compare the agent of two checkouts on keep-alive `GET /_ping`, interleaved.
     python3 bench/ab.py /tmp/before     # against this checkout; 1 and 8 connections
     python3 bench/ab.py /tmp/before /tmp/after --reps 9 --conns 8
     python3 bench/ab.py /tmp/before --agent-arg=--workers=2
-    python3 bench/ab.py /tmp/before --conns 1,8,new4   # new4: 4 clients, a new TLS connection per request
-    python3 bench/ab.py /tmp/before --streams 2000      # idle /events streams instead
+    python3 bench/ab.py /tmp/before --conns 1,8,new4  # new4: 4 clients, new connections
+    python3 bench/ab.py /tmp/before --streams 2000     # idle /events streams instead
 
 Starts a private dockerd (as bench/run does), one agent from each checkout on
 it, and alternates short `pingload` runs between them (the order flips every
@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
-import statistics
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def agent_rss(agent) -> int:
 
 
 def pingload(binary: str, agent, conns: str, seconds: str) -> dict:
-    """conns is a connection count, or "newN": N clients, a new connection each request."""
+    """conns: a connection count, or "newN": N clients, a new connection per request."""
     new = conns.startswith("new")
     proc = subprocess.run(
         [
@@ -128,7 +129,7 @@ async def stream_events(agent, dockerd, streams: int, events: int) -> dict:
             seen = seen[-len(name) :] + chunk
         return time.monotonic() - t0
 
-    for r, w in await asyncio.gather(*(open_one() for _ in range(64))):
+    for _, w in await asyncio.gather(*(open_one() for _ in range(64))):
         w.transport.abort()
     await asyncio.sleep(1.0)
     rss_before = agent_rss(agent)
@@ -139,17 +140,20 @@ async def stream_events(agent, dockerd, streams: int, events: int) -> dict:
     cpu = 0.0
     try:
         for i in range(events):
-            name = f"hvab-{os.getpid()}-{i}-{time.monotonic_ns()}".encode()
+            name = f"hvab-{os.getpid()}-{i}-{time.monotonic_ns()}"
+            body = json.dumps({"Name": name}).encode()
             cpu0, t0 = agent_cpu(agent), time.monotonic()
             waits = [
-                asyncio.ensure_future(event_reaches(r, name, t0)) for r, _ in opened
+                asyncio.ensure_future(event_reaches(r, name.encode(), t0))
+                for r, _ in opened
             ]
             await loop.run_in_executor(
                 None,
-                lambda: dockerd.api_request(
+                functools.partial(
+                    dockerd.api_request,
                     "POST",
                     "/volumes/create",
-                    json.dumps({"Name": name.decode()}).encode(),
+                    body,
                     headers={"Content-Type": "application/json"},
                 ),
             )
@@ -158,7 +162,7 @@ async def stream_events(agent, dockerd, streams: int, events: int) -> dict:
             cpu += agent_cpu(agent) - cpu0
             fanout.append(max(delays) * 1000)
             await loop.run_in_executor(
-                None, lambda: dockerd.api_request("DELETE", f"/volumes/{name.decode()}")
+                None, dockerd.api_request, "DELETE", f"/volumes/{name}"
             )
     finally:
         for _, w in opened:
@@ -172,9 +176,10 @@ async def stream_events(agent, dockerd, streams: int, events: int) -> dict:
 
 def compare_streams(o, checkouts, dockerd, args) -> None:
     results: dict[str, list[dict]] = {}
-    names = [f"{label} ({c})" for label, c in zip(("before", "after"), checkouts)]
+    labels = ("before", "after")
+    names = [f"{label} ({c})" for label, c in zip(labels, checkouts, strict=True)]
     for rep in range(o.reps):
-        order = list(zip(names, checkouts))
+        order = list(zip(names, checkouts, strict=True))
         if rep % 2:
             order.reverse()
         for name, checkout in order:
@@ -205,7 +210,8 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--conns",
         default="1,8",
-        help="comma-separated connection counts; newN: N clients, a new connection per request",
+        help="comma-separated connection counts; newN: N clients, a new "
+        "connection per request",
     )
     p.add_argument(
         "--streams", type=int, default=0, help="idle /events streams instead"
