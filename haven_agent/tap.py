@@ -871,6 +871,9 @@ def makeService(options: Options) -> MultiService:
 
     explain_startup_errors()
     agent = MultiService()
+    from haven_agent._twisted.plain_dispatch import PlainDispatch
+
+    PlainDispatch(reactor).setServiceParent(agent)
     config = options.config
     if options.logFormat == "text":
         from haven_agent.logs.text import TextLogSettings

@@ -327,9 +327,10 @@ class ReporterOptionsTests(SynchronousTestCase):
         options = parse(["--state-dir", self.mktemp()])
         service = makeService(options)
         self.assertEqual(
-            [type(s).__name__ for s in service], ["TextLogSettings", "ThreadPools"]
+            [type(s).__name__ for s in service],
+            ["PlainDispatch", "TextLogSettings", "ThreadPools"],
         )
-        threads = list(service)[1]
+        threads = list(service)[2]
         self.assertEqual(
             [type(s).__name__ for s in threads], ["ProxyService", "NodeReporting"]
         )
@@ -349,7 +350,7 @@ class ReporterOptionsTests(SynchronousTestCase):
             ]
         )
         service = makeService(options)
-        threads = list(service)[1]
+        threads = list(service)[2]
         self.assertEqual(
             [type(s).__name__ for s in threads],
             ["ProxyService", "WorkerPool", "NodeReporting"],

@@ -3,10 +3,11 @@ The only modules of the agent that use Twisted's private names.
 
 Twisted's public API does not offer what these need (a TLS transport that
 half-closes, a write that leaves at once, a UNIX client without the
-per-read `recvmsg` wrapper, a connection pool that does not log every
-connection, the address an endpoint will bind, a log publisher's
-observers), so they reach inside. Keeping them here, and every private name
-they use listed in `PRIVATE_NAMES`, makes an upgrade's risk one folder, and
+per-read `recvmsg` wrapper, a poll loop without a log context per event, a
+connection pool that does not log every connection, the address an
+endpoint will bind, a log publisher's observers), so they reach inside.
+Keeping them here, and every private name they use listed in
+`PRIVATE_NAMES`, makes an upgrade's risk one folder, and
 `tests/_twisted/test_canary.py` fails naming the attribute when a Twisted
 release removes or renames one. setup.cfg pins the Twisted release line
 they are tested with.
@@ -48,6 +49,10 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_interface"),
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_port"),
     ("twisted.internet.endpoints.TCP4ServerEndpoint", "_backlog"),
+    # plain_dispatch: the epoll reactor's poll loop.
+    ("twisted.internet.epollreactor.EPollReactor", "_poller"),
+    ("twisted.internet.epollreactor.EPollReactor", "_selectables"),
+    ("twisted.internet.epollreactor.EPollReactor", "_doReadOrWrite"),
     # log_observers: a publisher's observers, a file observer's file.
     ("twisted.logger.LogPublisher", "_observers"),
     ("twisted.logger.FileLogObserver", "_outFile"),
