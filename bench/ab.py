@@ -6,6 +6,7 @@ Compare the agent of two checkouts on keep-alive `GET /_ping`, interleaved.
     python3 bench/ab.py /tmp/before /tmp/after --reps 9 --conns 8
     python3 bench/ab.py /tmp/before --agent-arg=--workers=2
     python3 bench/ab.py /tmp/before --conns 1,8,new4  # new4: 4 clients, new connections
+    python3 bench/ab.py /tmp/before --conns resume4   # the same, resuming TLS sessions
     python3 bench/ab.py /tmp/before --streams 2000     # idle /events streams instead
 
 Starts a private dockerd (as bench/run does), one agent from each checkout on
@@ -69,14 +70,18 @@ def agent_rss(agent) -> int:
 
 
 def pingload(binary: str, agent, conns: str, seconds: str) -> dict:
-    """conns: a connection count, or "newN": N clients, a new connection per request."""
-    new = conns.startswith("new")
+    """
+    conns: a connection count, or "newN": N clients, a new connection per
+    request, or "resumeN": the same, each resuming the last one's TLS session.
+    """
+    flags = {"new": ["-N"], "resume": ["-N", "-R"]}
+    kind = conns.rstrip("0123456789")
     proc = subprocess.run(
         [
             binary,
-            *(["-N"] if new else []),
+            *flags.get(kind, []),
             "-c",
-            conns.removeprefix("new"),
+            conns.removeprefix(kind),
             "-d",
             seconds,
             "-w",
@@ -211,7 +216,7 @@ def main(argv: list[str]) -> int:
         "--conns",
         default="1,8",
         help="comma-separated connection counts; newN: N clients, a new "
-        "connection per request",
+        "connection per request; resumeN: the same, resuming TLS sessions",
     )
     p.add_argument(
         "--streams", type=int, default=0, help="idle /events streams instead"
@@ -251,16 +256,19 @@ def main(argv: list[str]) -> int:
                     before = agent_cpu(agent)
                     res = pingload(binary, agent, conns, o.seconds)
                     cpu = agent_cpu(agent) - before
+                    resumed = res.get("resumed_handshakes", 0) / res["all_requests"]
                     results.setdefault((conns, name), []).append(
-                        (res["rps"], cpu * 1e6 / res["all_requests"])
+                        (res["rps"], cpu * 1e6 / res["all_requests"], resumed)
                     )
         for (conns, name), values in sorted(results.items()):
             rps = [v[0] for v in values]
             cpu = [v[1] for v in values]
+            resumed = statistics.median(v[2] for v in values)
             print(
                 f"{conns} conn(s)  {name}: req/s median {statistics.median(rps):.0f} "
                 f"best {max(rps):.0f}; agent CPU per request median "
                 f"{statistics.median(cpu):.0f} us, best {min(cpu):.0f} us"
+                + (f"; {resumed:.0%} of handshakes resumed" if resumed else "")
             )
     finally:
         for agent in agents.values():

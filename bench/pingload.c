@@ -8,7 +8,9 @@
  * non-blocking TLS; each connection keeps one request in flight (no
  * pipelining).  With -N every request uses a new connection (for TLS a full
  * handshake without session resumption, as the docker CLI does): connect,
- * handshake, one GET, close.
+ * handshake, one GET, close.  -R with -N offers each connection's session
+ * (a TLS 1.3 ticket) to the next one on the same slot, as a client with a
+ * session cache does; "resumed_handshakes" counts the servers that took it.
  *
  * Bounded: it stops after -w seconds of uncounted warm-up plus -d measured
  * seconds, or earlier after -n requests per connection; a request that makes
@@ -20,7 +22,7 @@
  * TLS version/cipher/ALPN negotiated and the client's own CPU time.
  *
  *   pingload [-c CONNS] [-T THREADS] [-d SECONDS] [-w WARMUP] [-n MAX_PER_CONN]
- *            [-N] [-H 'Name: value']... [-p PATH] [-C CAFILE] [-t IO_TIMEOUT]
+ *            [-N [-R]] [-H 'Name: value']... [-p PATH] [-C CAFILE] [-t IO_TIMEOUT]
  *            unix:/path/to.sock | tcp:HOST:PORT | tls:HOST:PORT
  *
  * Build: gcc -O2 -pthread -o pingload pingload.c -lssl -lcrypto
@@ -62,6 +64,8 @@ static SSL_CTX *g_ctx;
 static char *g_request;
 static size_t g_request_len;
 static int g_new_conn;
+static int g_resume; /* -R: offer the previous connection's session (tickets) */
+static long g_resumed; /* handshakes that resumed a session */
 static long g_max_per_conn;
 static double g_io_timeout = 10.0;
 
@@ -96,6 +100,7 @@ struct conn {
     double t0, last_progress;
     long done;
     int finished; /* -n reached */
+    SSL_SESSION *session; /* -R: the last connection's, offered by the next */
     char buf[BUF_SIZE];
 };
 
@@ -138,6 +143,15 @@ static void conn_close(struct worker *w, struct conn *c) {
         if (c->ssl && c->state != S_CONNECTING && c->state != S_HANDSHAKE) SSL_shutdown(c->ssl);
     }
     if (c->ssl) {
+        if (g_resume && c->state != S_CONNECTING && c->state != S_HANDSHAKE) {
+            SSL_SESSION *s = SSL_get1_session(c->ssl);
+            if (s && SSL_SESSION_is_resumable(s)) {
+                if (c->session) SSL_SESSION_free(c->session);
+                c->session = s;
+            } else if (s) {
+                SSL_SESSION_free(s);
+            }
+        }
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
@@ -308,6 +322,7 @@ static void drive(struct worker *w, struct conn *c) {
                 c->ssl = SSL_new(g_ctx);
                 SSL_set_fd(c->ssl, c->fd);
                 SSL_set_connect_state(c->ssl);
+                if (c->session) SSL_set_session(c->ssl, c->session);
                 X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), g_host);
                 c->state = S_HANDSHAKE;
             } else {
@@ -319,6 +334,7 @@ static void drive(struct worker *w, struct conn *c) {
             int r = SSL_do_handshake(c->ssl);
             if (r == 1) {
                 remember_tls(c->ssl);
+                if (SSL_session_reused(c->ssl)) __atomic_add_fetch(&g_resumed, 1, __ATOMIC_RELAXED);
                 c->state = S_WRITING;
                 break;
             }
@@ -475,7 +491,7 @@ static int cmp_u32(const void *a, const void *b) {
 static void usage(void) {
     fprintf(stderr,
             "usage: pingload [-c CONNS] [-T THREADS] [-d SECONDS] [-w WARMUP] [-n MAX_PER_CONN]\n"
-            "                [-N] [-H 'Name: value']... [-p PATH] [-C CAFILE] [-t IO_TIMEOUT]\n"
+            "                [-N [-R]] [-H 'Name: value']... [-p PATH] [-C CAFILE] [-t IO_TIMEOUT]\n"
             "                unix:/path | tcp:HOST:PORT | tls:HOST:PORT\n");
     exit(2);
 }
@@ -488,7 +504,7 @@ int main(int argc, char **argv) {
     char headers[8192] = "";
     int opt;
     signal(SIGPIPE, SIG_IGN);
-    while ((opt = getopt(argc, argv, "c:T:d:w:n:NH:p:C:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "c:T:d:w:n:NRH:p:C:t:")) != -1) {
         switch (opt) {
         case 'c': conns = atoi(optarg); break;
         case 'T': threads = atoi(optarg); break;
@@ -496,6 +512,7 @@ int main(int argc, char **argv) {
         case 'w': warmup = atof(optarg); break;
         case 'n': g_max_per_conn = atol(optarg); break;
         case 'N': g_new_conn = 1; break;
+        case 'R': g_resume = 1; break;
         case 'H':
             if (strlen(headers) + strlen(optarg) + 3 >= sizeof headers) usage();
             strcat(headers, optarg);
@@ -611,11 +628,12 @@ int main(int argc, char **argv) {
            "\"non_200\": %ld, \"all_requests\": %ld, \"seconds\": %.3f, \"rps\": %.1f, \"mean_ms\": %.4f, "
            "\"p50_ms\": %.4f, \"p90_ms\": %.4f, \"p99_ms\": %.4f, \"max_ms\": %.4f, "
            "\"tls_version\": \"%s\", \"tls_cipher\": \"%s\", \"alpn\": \"%s\", "
-           "\"client_cpu_seconds\": %.3f, \"client_cpu_us_per_request\": %.1f, \"first_error\": \"",
+           "\"client_cpu_seconds\": %.3f, \"client_cpu_us_per_request\": %.1f, "
+           "\"resumed_handshakes\": %ld, \"first_error\": \"",
            target, conns, threads, g_new_conn ? "true" : "false", requests, errors, non200, all_done, seconds,
            requests / seconds, total ? sum / (double)total : -1.0, PCT(50), PCT(90), PCT(99),
            total ? all[total - 1] / 1e4 : -1.0, g_tls_version, g_tls_cipher, g_alpn, cpu,
-           all_done ? cpu * 1e6 / (double)all_done : -1.0);
+           all_done ? cpu * 1e6 / (double)all_done : -1.0, g_resumed);
     for (const char *p = g_first_error; *p; p++) {
         if (*p == '"' || *p == '\\') putchar('\\');
         if ((unsigned char)*p >= 0x20) putchar(*p);
