@@ -558,6 +558,14 @@ def certificate_options(
     C{client_ca_pem} is given, clients must present a certificate issued by
     one of the CAs in it.
 
+    Session tickets are issued, so that a client that reconnects for every
+    call (the Haven master does) resumes its session instead of a full
+    handshake: OpenSSL's stateless tickets, sealed with a key this context
+    makes at random, so a new context (a restart, a certificate or CA
+    reload, another worker process) makes the old tickets worthless and the
+    client falls back to a full handshake. A resumed session keeps the
+    client certificate checked in its full handshake.
+
     @raise CertificateError: if C{client_ca_pem} holds no PEM certificate.
     """
     certificates = x509.load_pem_x509_certificates(server.cert_pem)
@@ -577,4 +585,5 @@ def certificate_options(
         verify=ca_certificates is not None,
         caCerts=ca_certificates,
         requireCertificate=True,
+        enableSessionTickets=True,
     )
