@@ -872,8 +872,11 @@ def makeService(options: Options) -> MultiService:
     explain_startup_errors()
     agent = MultiService()
     from haven_agent._twisted.plain_dispatch import PlainDispatch
+    from haven_agent.logs.flush_soon import LogFlushing
 
     PlainDispatch(reactor).setServiceParent(agent)
+    # Stopped last, so that what the others log as they stop is flushed.
+    LogFlushing(reactor).setServiceParent(agent)
     config = options.config
     if options.logFormat == "text":
         from haven_agent.logs.text import TextLogSettings

@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from haven_agent.logs.flush_soon import FLUSH_DELAY
 from tests import pki
 from tests.realdockerd import clean_docker_env
 
@@ -362,14 +363,26 @@ class AgentProcess:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def wait_for_log_lines(self) -> None:
+        """
+        A running agent writes its log lines up to FLUSH_DELAY after making
+        them (haven_agent.logs.flush_soon): wait that long before reading
+        the log or measuring it, so that it holds every line made so far.
+        """
+        if self.is_running():
+            time.sleep(FLUSH_DELAY + 0.05)
+
     def log_size(self) -> int:
+        self.wait_for_log_lines()
         return _size_or_zero(self.log_path)
 
     def read_log(self, offset: int = 0) -> str:
         """The agent's twistd log from byte `offset` on."""
+        self.wait_for_log_lines()
         return _text_from(self.log_path, offset)
 
     def logs(self) -> str:
+        self.wait_for_log_lines()
         parts = []
         for title, path in (
             ("agent log", self.log_path),
@@ -472,9 +485,11 @@ class AgentProcess:
     def read_stdio(self, offset: int = 0) -> str:
         """The agent's stdout/stderr from byte `offset` on (JSON log lines go
         there with --log-format json)."""
+        self.wait_for_log_lines()
         return _text_from(self.stdio_path, offset)
 
     def stdio_size(self) -> int:
+        self.wait_for_log_lines()
         return _size_or_zero(self.stdio_path)
 
     def cli_env_and_args_as(

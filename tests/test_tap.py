@@ -328,9 +328,9 @@ class ReporterOptionsTests(SynchronousTestCase):
         service = makeService(options)
         self.assertEqual(
             [type(s).__name__ for s in service],
-            ["PlainDispatch", "TextLogSettings", "ThreadPools"],
+            ["PlainDispatch", "LogFlushing", "TextLogSettings", "ThreadPools"],
         )
-        threads = list(service)[2]
+        threads = list(service)[3]
         self.assertEqual(
             [type(s).__name__ for s in threads], ["ProxyService", "NodeReporting"]
         )
@@ -350,7 +350,7 @@ class ReporterOptionsTests(SynchronousTestCase):
             ]
         )
         service = makeService(options)
-        threads = list(service)[2]
+        threads = list(service)[3]
         self.assertEqual(
             [type(s).__name__ for s in threads],
             ["ProxyService", "WorkerPool", "NodeReporting"],

@@ -70,6 +70,7 @@ def main() -> None:
     from twisted.internet import reactor, stdio
 
     from haven_agent._twisted.plain_dispatch import PlainDispatch
+    from haven_agent.logs.flush_soon import LogFlushing
     from haven_agent.proxy.service import build_proxy_service
     from haven_agent.thread_pools import ThreadPools
     from haven_agent.workers.metrics_pipe import WorkerEnd
@@ -78,6 +79,7 @@ def main() -> None:
     # The pools hold the proxy, so they stop after it.
     service = ThreadPools(reactor)
     PlainDispatch(reactor).setServiceParent(service)
+    LogFlushing(reactor).setServiceParent(service)
     proxy = build_proxy_service(config, reactor, service, reusePort=addresses)
     proxy.announce = False
     proxy.setServiceParent(service)
