@@ -29,7 +29,6 @@ without framing): from then on the connection is raw both ways.
 from __future__ import annotations
 
 import re
-from collections import deque
 from enum import Enum
 from typing import NamedTuple
 
@@ -113,7 +112,8 @@ class AnswerFramer:
 
     def __init__(self, limit: int = MAX_ANSWER_HEAD_BYTES) -> None:
         self._limit = limit
-        self._queue: deque[_Expected] = deque()
+        # A list, not a deque (600 bytes empty): see GateProtocol._records.
+        self._queue: list[_Expected] = []
         self._state = _State.HEAD
         self._buffer = b""
         self._remaining = 0
@@ -208,7 +208,7 @@ class AnswerFramer:
         length = _plain_length(data[:after])
         if length < 0 or after + length != len(data):
             return 0
-        queue.popleft()
+        queue.pop(0)
         return status
 
     def _readHead(self, data: bytes, position: int, events: list) -> int:
@@ -307,7 +307,7 @@ class AnswerFramer:
 
     def _ended(self, offset: int, events: list) -> None:
         if self._queue:
-            self._queue.popleft()
+            self._queue.pop(0)
         self._state = _State.HEAD
         events.append(_new_tuple(AnswerEvent, (Event.ENDED, offset, 0, "")))
 

@@ -293,6 +293,8 @@ class HeadReader:
     some clients send a CRLF after a request body).
     """
 
+    __slots__ = ("_limit", "_buffer")
+
     def __init__(self, limit: int = MAX_HEAD_BYTES) -> None:
         self._limit = limit
         # A bytearray grows in place: a head trickling in a byte at a time

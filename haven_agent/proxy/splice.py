@@ -59,6 +59,8 @@ class PauseReasons:
     Pauses a transport while any reason to pause stands.
     """
 
+    __slots__ = ("_transport", "_reasons")
+
     def __init__(self, transport) -> None:
         self._transport = transport
         self._reasons: set[str] = set()
@@ -105,6 +107,8 @@ class DockerConnection(Protocol):
     Its bytes are never parsed: they go to the client as they come.
     """
 
+    __slots__ = ("_listener", "pauser", "closed")
+
     def __init__(self, listener: UpstreamListener) -> None:
         self._listener = listener
         self.pauser: PauseReasons | None = None
@@ -135,6 +139,19 @@ class Splice:
     @ivar clientPauser: the client's reads, paused for any reason that stands.
     @ivar docker: the dockerd connection, once connected.
     """
+
+    __slots__ = (
+        "client",
+        "clientPauser",
+        "docker",
+        "connecting",
+        "lingering",
+        "_clock",
+        "_lingerTimeout",
+        "_dockerClosing",
+        "_clientWired",
+        "_linger",
+    )
 
     def __init__(self, client: Any, clock: IReactorTime, lingerTimeout: float) -> None:
         self.client = client
