@@ -83,6 +83,7 @@ WORKLOADS = (
     "ping1",
     "ping8",
     "pingnew",
+    "pingresume",
     "download",
     "upload",
     "attach-out",
@@ -664,6 +665,7 @@ class Bench:
         warmup: float,
         new_conn: bool = False,
         max_per_conn: int = 0,
+        resume: bool = False,
     ) -> dict:
         argv = [
             self.pingload,
@@ -680,6 +682,8 @@ class Bench:
         ]
         if new_conn:
             argv.append("-N")
+        if resume:
+            argv.append("-R")
         if max_per_conn:
             argv += ["-n", str(max_per_conn)]
         argv.append(path.load_target())
@@ -694,9 +698,17 @@ class Bench:
             raise BenchError(f"pingload failed: {proc.stderr.strip()}")
         return json.loads(proc.stdout)
 
-    def w_ping(self, path: Path, conns: int, new_conn: bool = False) -> dict:
+    def w_ping(
+        self, path: Path, conns: int, new_conn: bool = False, resume: bool = False
+    ) -> dict:
         o = self.opts
-        res = self.run_pingload(path, conns, o.ping_seconds, o.ping_warmup, new_conn)
+        res = self.run_pingload(
+            path, conns, o.ping_seconds, o.ping_warmup, new_conn, resume=resume
+        )
+        if resume:
+            res["resumed_share"] = res["resumed_handshakes"] / max(
+                1, res["all_requests"]
+            )
         res["ok"] = res["requests"] > 0 and not res["errors"] and not res["non_200"]
         if not res["ok"]:
             res["error"] = (
@@ -1089,6 +1101,9 @@ class Bench:
             "ping1": lambda p: self.w_ping(p, 1),
             "ping8": lambda p: self.w_ping(p, 8),
             "pingnew": lambda p: self.w_ping(p, o.newconn_clients, new_conn=True),
+            "pingresume": lambda p: self.w_ping(
+                p, o.newconn_clients, new_conn=True, resume=True
+            ),
             "download": self.w_download,
             "upload": self.w_upload,
             "attach-out": self.w_attach_out,
@@ -1184,6 +1199,9 @@ ROWS = (
     ("pingnew", "p50_ms", "  p50 latency", "ms", False),
     ("pingnew", "p99_ms", "  p99 latency", "ms", False),
     ("pingnew", *CPU_REQ),
+    ("pingresume", "rps", "GET /_ping, new TLS conn, session resumed", "req/s", True),
+    ("pingresume", *CPU_REQ),
+    ("pingresume", "resumed_share", "  handshakes resumed", "share", None),
     ("download", "mbps", "bulk download GET /images/get", "MB/s", True),
     ("download", *CPU_GB),
     ("upload", "mbps", "bulk upload POST /images/load", "MB/s", True),
@@ -1209,9 +1227,12 @@ def summary(wl: str, res: dict) -> str:
     if not res.get("ok"):
         return f"FAILED: {res.get('error')}"
     if wl.startswith("ping") or wl.startswith("wrk"):
+        resumed = (
+            f"  {res['resumed_share']:.0%} resumed" if "resumed_share" in res else ""
+        )
         return (
             f"{res['rps']:9.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
-            f"p99 {res['p99_ms']:.3f} ms"
+            f"p99 {res['p99_ms']:.3f} ms{resumed}"
         )
     if "mbps" in res:
         return (
