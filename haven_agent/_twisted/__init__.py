@@ -37,8 +37,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.internet.tcp.Connection", "_writeDisconnected"),
     # docker_socket: the UNIX client and endpoint.
     ("twisted.internet.unix.Connector", "_makeTransport"),
-    ("twisted.internet.endpoints", "_WrappingFactory"),
-    ("twisted.internet.endpoints._WrappingFactory", "_onConnection"),
+    ("twisted.internet.unix.Client", "_connectDone"),
     ("twisted.internet.endpoints.UNIXClientEndpoint", "_path"),
     ("twisted.internet.endpoints.UNIXClientEndpoint", "_timeout"),
     ("twisted.internet.endpoints.UNIXClientEndpoint", "_checkPID"),

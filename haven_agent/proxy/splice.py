@@ -57,22 +57,27 @@ class UpstreamListener(TypingProtocol):
 class PauseReasons:
     """
     Pauses a transport while any reason to pause stands.
+
+    The reasons are a tuple: there are a handful at most, and an empty
+    tuple costs an idle connection nothing where an empty set costs 216
+    bytes (two per connection).
     """
 
     __slots__ = ("_transport", "_reasons")
 
     def __init__(self, transport) -> None:
         self._transport = transport
-        self._reasons: set[str] = set()
+        self._reasons: tuple[str, ...] = ()
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
-        self._reasons.add(reason)
+        if reason not in self._reasons:
+            self._reasons += (reason,)
 
     def resume(self, reason: str) -> None:
         if reason in self._reasons:
-            self._reasons.discard(reason)
+            self._reasons = tuple(r for r in self._reasons if r != reason)
             if not self._reasons:
                 self._transport.resumeProducing()
 
@@ -81,7 +86,7 @@ class PauseReasons:
         Drop every reason and let the transport read again.
         """
         if self._reasons:
-            self._reasons.clear()
+            self._reasons = ()
             self._transport.resumeProducing()
 
     @property
