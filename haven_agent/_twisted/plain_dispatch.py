@@ -6,13 +6,12 @@ Twisted's `EPollReactor.doPoll` calls each ready descriptor through
 `logPrefix()`, copies the current log context into a new dictionary and
 enters it, so that a legacy `log.msg` made while handling the event is
 labelled with the connection. The agent's own log lines come from
-`twisted.logger.Logger`, which never reads that context, and per event the
-wrapping cost about as much as the read or write it wraps: 15% of the agent's
-CPU when one event goes to 2,000 idle streams, a tenth of a keep-alive
-request.
+`twisted.logger.Logger`, which never reads that context. Without it a
+keep-alive request cost the agent 5-12% less CPU, and one event sent to
+2,000 idle streams 6% less (docs/performance.md).
 
-`PlainDispatch(reactor)`, a service, gives an epoll reactor a `doPoll` that calls
-`_doReadOrWrite` directly. What callWithLogger did besides the context is
+`PlainDispatch(reactor)`, a service, gives an epoll reactor a `doPoll` that
+calls `_doReadOrWrite` directly. What callWithLogger did besides the context is
 kept: `_doReadOrWrite` already logs what a transport's `doRead` or `doWrite`
 raises and disconnects it, and an exception from the disconnection itself
 (a protocol's `connectionLost`) is logged here, without ending the batch of

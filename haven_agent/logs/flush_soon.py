@@ -8,10 +8,10 @@ the agent's CPU under keep-alive load. While `LogFlushing` runs, the lines
 for each log file are held and written together, then flushed, at most
 `delay` seconds (0.1) after the first of them, or once 64 KiB are held.
 Lines keep their order (the workers' relayed lines go through the same
-holder once it exists), a line logged from a thread other than the
-reactor's goes out at once (before the reactor's held lines), and stopping the service
-writes everything. What a crash that kills the process outright (SIGKILL,
-the OOM killer) can lose is the last 0.1 s.
+holder), a line logged from a thread other than the reactor's goes out at
+once (before the reactor's held lines), and stopping the service writes
+everything. What a crash that kills the process outright (SIGKILL, the OOM
+killer) can lose is the last 0.1 s.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ class FlushSoon:
 
 class LogFlushing(Service):
     """
-    While running, the log files of `publisher`'s observers (twistd's text
-    observer, the JSON-lines observer) flush `delay` after a line.
+    While running, the lines for the log files of `publisher`'s observers
+    (twistd's text observer, the JSON-lines observer) are held and written
+    `delay` after the first of them.
     """
 
     name = "log-flushing"
