@@ -1,6 +1,6 @@
 """
-LogFlushing: lines are written as they come and flushed together a moment
-later; stopping flushes and gives the publisher its observers back.
+LogFlushing: lines are held and written together a moment later; stopping
+writes what is held and gives the publisher its observers back.
 """
 
 from __future__ import annotations
