@@ -1,17 +1,20 @@
 """
-Log lines written at once, flushed to the file together a moment later.
+The request log's lines written together a moment later, not one by one.
 
 twistd's text observer and the JSON-lines observer flush their file after
 every line, and twistd's --logfile is an unbuffered file, so every proxied
 request cost a `write()` system call of its own for its access line: 9% of
-the agent's CPU under keep-alive load. While `LogFlushing` runs, the lines
-for each log file are held and written together, then flushed, at most
-`delay` seconds (0.1) after the first of them, or once 64 KiB are held.
-Lines keep their order (the workers' relayed lines go through the same
-holder), a line logged from a thread other than the reactor's goes out at
-once (before the reactor's held lines), and stopping the service writes
-everything. What a crash that kills the process outright (SIGKILL, the OOM
-killer) can lose is the last 0.1 s.
+the agent's CPU under keep-alive load. While `LogFlushing` runs, the
+request lines (namespace `haven_agent.requests`, info and below) and the
+lines the workers' relays copy in are held and written together, then
+flushed, at most `delay` seconds (0.1) after the first of them, or once
+64 KiB are held. Any other line (start-up, reloads, warnings, errors) goes
+out at once, after the lines held before it, so lines keep their order
+and what an operator waits for is never late. A line logged from a thread
+other than the reactor's goes out at once too (before the held ones), and
+stopping the service writes everything. What a crash that kills the
+process outright (SIGKILL, the OOM killer) can lose is the last 0.1 s of
+request lines.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FileLogObserver, globalLogPublisher
+from twisted.logger import FileLogObserver, LogLevel, globalLogPublisher
 
 from haven_agent._twisted.log_observers import observers_of, output_of
 from haven_agent.logs.json_lines import JSONLinesObserver
 
-#: Seconds a written line may wait for its flush.
+#: Seconds a request line may wait for its flush.
 FLUSH_DELAY = 0.1
+
+#: The namespace of the per-request lines (proxy.access_log, proxy.gate).
+REQUESTS_NAMESPACE = "haven_agent.requests"
 
 
 class FlushSoon:
@@ -45,7 +51,7 @@ class FlushSoon:
         self.wrapped = out
         self._clock = clock
         self._delay = delay
-        self._reactorThread = threading.get_ident()
+        self.reactorThread = threading.get_ident()
         self._held: list[str] = []
         self._heldSize = 0
         self._pending: IDelayedCall | None = None
@@ -57,7 +63,7 @@ class FlushSoon:
             self.flushNow()
             self.wrapped.write(text)
             return
-        if threading.get_ident() != self._reactorThread:
+        if threading.get_ident() != self.reactorThread:
             # The timer and what is held are the reactor thread's.
             self.wrapped.write(text)
             return
@@ -69,7 +75,7 @@ class FlushSoon:
             self._pending = self._clock.callLater(self._delay, self.flushNow)
 
     def flush(self) -> None:
-        if self.immediate or threading.get_ident() != self._reactorThread:
+        if self.immediate or threading.get_ident() != self.reactorThread:
             self.wrapped.flush()
         # Otherwise what is held goes out, flushed, when its time comes.
 
@@ -93,9 +99,10 @@ class FlushSoon:
 
 class LogFlushing(Service):
     """
-    While running, the lines for the log files of `publisher`'s observers
-    (twistd's text observer, the JSON-lines observer) are held and written
-    `delay` after the first of them.
+    While running, the request lines for the log files of `publisher`'s
+    observers (twistd's text observer, the JSON-lines observer) are held and
+    written `delay` after the first of them; any other event writes what is
+    held, itself included, at once.
     """
 
     name = "log-flushing"
@@ -126,6 +133,19 @@ class LogFlushing(Service):
             self._publisher.addObserver(batched)
             self._publisher.removeObserver(observer)
             self._swapped.append((observer, batched))
+        if self._files:
+            # After the file observers: the event is written when it runs.
+            self._publisher.addObserver(self._writeUnlessRequest)
+
+    def _writeUnlessRequest(self, event: dict[str, Any]) -> None:
+        if (
+            event.get("log_namespace") == REQUESTS_NAMESPACE
+            and event.get("log_level", LogLevel.info) <= LogLevel.info
+        ):
+            return
+        for soon in self._files:
+            if threading.get_ident() == soon.reactorThread:
+                soon.flushNow()
 
     def _soon(self, out: IO[str]) -> IO[str]:
         soon = FlushSoon(out, self._clock, self._delay)
@@ -134,6 +154,8 @@ class LogFlushing(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self._files:
+            self._publisher.removeObserver(self._writeUnlessRequest)
         for soon in self._files:
             # The workers' relays keep writing through it until they end.
             soon.immediate = True

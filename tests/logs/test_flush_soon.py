@@ -1,6 +1,7 @@
 """
-LogFlushing: lines are held and written together a moment later; stopping
-writes what is held and gives the publisher its observers back.
+LogFlushing: request lines are held and written together a moment later;
+any other line writes them and itself at once; stopping writes what is
+held and gives the publisher its observers back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from twisted.logger import (
 )
 from twisted.trial.unittest import SynchronousTestCase
 
-from haven_agent.logs.flush_soon import FLUSH_DELAY, LogFlushing
+from haven_agent.logs.flush_soon import FLUSH_DELAY, REQUESTS_NAMESPACE, LogFlushing
 from haven_agent.logs.json_lines import JSONLinesObserver
 
 
@@ -39,11 +40,13 @@ class CountingFile(io.StringIO):
         self.visible = self.getvalue()
 
 
-def event(text: str) -> dict:
+def event(
+    text: str, namespace: str = REQUESTS_NAMESPACE, level: LogLevel = LogLevel.info
+) -> dict:
     return {
         "log_format": text,
-        "log_level": LogLevel.info,
-        "log_namespace": "test",
+        "log_level": level,
+        "log_namespace": namespace,
         "log_time": 0.0,
     }
 
@@ -77,6 +80,23 @@ class LogFlushingTests(SynchronousTestCase):
         self.publisher(event("line 3"))
         self.clock.advance(FLUSH_DELAY)
         self.assertEqual((self.text.flushes, self.json.flushes), (2, 2))
+
+    def test_other_lines_go_out_at_once(self) -> None:
+        """
+        A line of another namespace, or a request warning, writes the held
+        request lines and itself, in order, at once.
+        """
+        for other in (
+            event("serving", namespace="haven_agent.proxy.service"),
+            event("refusing", level=LogLevel.warn),
+        ):
+            self.publisher(event("request"))
+            self.publisher(other)
+            for out in (self.text, self.json):
+                text = out.visible
+                self.assertIn(other["log_format"], text)
+                self.assertLess(text.rindex("request"), text.index(other["log_format"]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_many_lines_go_out_early(self) -> None:
         """No more than 64 KiB wait for the timer."""
