@@ -173,10 +173,7 @@ class CreateRules:
         where = "TaskTemplate.ContainerSpec."
         problems = []
         if self.capAdd is not None:
-            for capability in _strings(field(container, "CapabilityAdd")):
-                name = capability.upper().removeprefix("CAP_")
-                if name == "ALL" or name not in self.capAdd:
-                    problems.append(f"{where}CapabilityAdd {capability}")
+            problems += self._capabilities(container, "CapabilityAdd", where)
         if self.privileged is False:
             privileges = field(container, "Privileges")
             seccomp = field(field(privileges, "Seccomp"), "Mode")
@@ -197,6 +194,16 @@ class CreateRules:
         return problems
 
     # What each route's body holds
+
+    def _capabilities(self, holder: Any, name: str, where: str) -> list[str]:
+        """The capabilities C{holder}'s C{name} adds beyond capAdd (ALL never)."""
+        allowed = self.capAdd or frozenset()
+        problems = []
+        for capability in _strings(field(holder, name)):
+            key = capability.upper().removeprefix("CAP_")
+            if key == "ALL" or key not in allowed:
+                problems.append(f"{where}{name} {capability}")
+        return problems
 
     def _config(self, config: dict[str, Any]) -> list[str]:
         if self.images is None:
@@ -221,10 +228,7 @@ class CreateRules:
                 if option.replace(" ", "").lower() in UNCONFINED:
                     problems.append(f"{where}SecurityOpt {option}")
         if self.capAdd is not None:
-            for capability in _strings(field(host, "CapAdd")):
-                name = capability.upper().removeprefix("CAP_")
-                if name == "ALL" or name not in self.capAdd:
-                    problems.append(f"{where}CapAdd {capability}")
+            problems += self._capabilities(host, "CapAdd", where)
         if self.hostNamespaces is False:
             for name in NAMESPACES:
                 mode = field(host, name)
