@@ -33,6 +33,7 @@ from haven_agent.metrics.node import (
     readonly_mountpoints,
 )
 from haven_agent.reporting.host_metrics import HostRoot, Mount, MountProber
+from tests.reporting.test_host_metrics import write_tree
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -106,14 +107,6 @@ FILESYSTEM_DETAIL_FAMILIES = [
     "node_filesystem_files",
     "node_filesystem_files_free",
 ]
-
-
-def write_tree(base: str, files: dict[str, str]) -> None:
-    for relative, text in files.items():
-        path = os.path.join(base, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
 
 
 class _Families:
