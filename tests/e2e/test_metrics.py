@@ -55,6 +55,7 @@ from tests.e2e_agent import (
     basic_auth,
     free_port,
     popen_until_cleanup,
+    stop_process,
 )
 from tests.fake_dockerd import short_socket_path
 from tests.realdockerd import (
@@ -787,7 +788,7 @@ class PrometheusTests(MetricsCase):
                 env=clean_docker_env(),
                 cwd=directory,
             )
-        self.addCleanup(deferToThread, _stop, process)
+        self.addCleanup(deferToThread, stop_process, process, 15)
         self.prometheus = process
         return port, log_path
 
@@ -877,13 +878,3 @@ class PrometheusTests(MetricsCase):
             'user="admin"} >= 2',
             lambda result: len(result) == 1,
         )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
