@@ -1402,13 +1402,11 @@ def machine_meta() -> dict:
     except OSError:
         pass
     try:
-        import OpenSSL
+        import ssl
 
         import twisted
 
-        py_tls = f"Twisted {twisted.__version__}, pyOpenSSL {OpenSSL.__version__}, " + (
-            OpenSSL.SSL.SSLeay_version(OpenSSL.SSL.SSLEAY_VERSION).decode()
-        )
+        py_tls = f"Twisted {twisted.__version__}, Python ssl, {ssl.OPENSSL_VERSION}"
     except Exception as e:  # pragma: no cover
         py_tls = f"? ({e})"
     return {

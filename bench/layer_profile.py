@@ -14,10 +14,10 @@ from the leaf outwards, so that C code called by a layer counts for it
 - system calls: the libc wrappers (send, recv, write, epoll_wait...), i.e.
   the kernel's share as seen from the process; other libc frames (malloc,
   memcpy) count for their caller;
-- OpenSSL through pyOpenSSL/cffi: cryptography links OpenSSL statically and
-  py-spy sees no frames inside it, so its work counts for the pyOpenSSL
-  call (OpenSSL/SSL.py) that made it;
-- the TLS wrapper: twisted.protocols.tls and haven_agent._twisted.halfclose_tls;
+- OpenSSL: the system's libssl and libcrypto, and the standard library's
+  _ssl module that calls them (pyOpenSSL/cffi too, for the reporter's
+  client, whose statically linked OpenSSL py-spy sees no frames inside);
+- the TLS wrapper: haven_agent.tls.transport (twisted.protocols.tls too);
 - transports: twisted.internet tcp, unix, abstract, and the eager write;
 - the reactor: the epoll loop, the per-event log context (callWithLogger,
   callWithContext), Deferreds, delayed calls;
@@ -61,13 +61,23 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "system calls: connections",
         ("accept4 (libc", "accept (libc", "connect (libc", "close (libc"),
     ),
-    # cryptography links OpenSSL statically; py-spy shows no frames inside
-    # it, so OpenSSL's own work is counted with the pyOpenSSL call above it.
+    # The server's TLS is the system OpenSSL through the standard library's
+    # _ssl. cryptography, for the reporter's pyOpenSSL client, links OpenSSL
+    # statically; py-spy shows no frames inside it, so that work is counted
+    # with the pyOpenSSL call above it.
     (
-        "OpenSSL, through pyOpenSSL/cffi",
-        ("libssl", "libcrypto", "OpenSSL/SSL.py", "OpenSSL/_util.py", "_cffi"),
+        "OpenSSL",
+        (
+            "libssl",
+            "libcrypto",
+            "_ssl.cpython",
+            "/ssl.py:",
+            "OpenSSL/SSL.py",
+            "OpenSSL/_util.py",
+            "_cffi",
+        ),
     ),
-    ("TLS wrapper", ("twisted/protocols/tls.py", "_twisted/halfclose_tls.py")),
+    ("TLS wrapper", ("twisted/protocols/tls.py", "tls/transport.py")),
     (
         "transports",
         (

@@ -1,11 +1,11 @@
 """
 The only modules of the agent that use Twisted's private names.
 
-Twisted's public API does not offer what these need (a TLS transport that
-half-closes, a write that leaves at once, a UNIX client without the
-per-read `recvmsg` wrapper, a poll loop without a log context per event, a
-connection pool that does not log every connection, the address an
-endpoint will bind, a log publisher's observers), so they reach inside.
+Twisted's public API does not offer what these need (a write that leaves
+at once, a UNIX client without the per-read `recvmsg` wrapper, a poll loop
+without a log context per event, a connection pool that does not log every
+connection, the address an endpoint will bind, a log publisher's
+observers), so they reach inside.
 Keeping them here, and every private name they use listed in
 `PRIVATE_NAMES`, makes an upgrade's risk one folder, and
 `tests/_twisted/test_canary.py` fails naming the attribute when a Twisted
@@ -17,20 +17,6 @@ they are tested with.
 #: has it, as a dotted path, and the name). An attribute may be set on the
 #: instances only; the canary test then looks for it in the class's code.
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
-    # halfclose_tls: the TLS transport it subclasses.
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushReceiveBIO"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushSendBIO"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_write"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_unbufferPendingWrites"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_shutdownTLS"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_tlsShutdownFinished"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_bufferedWrite"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_tlsConnection"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_handshakeDone"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_lostTLSConnection"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_appSendBuffer"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_producer"),
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_aborted"),
     # eager_write: the TCP transport's write state.
     ("twisted.internet.tcp.Connection", "_tempDataLen"),
     ("twisted.internet.tcp.Connection", "_writeDisconnecting"),

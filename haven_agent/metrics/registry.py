@@ -12,8 +12,8 @@ rendering thread.
 from __future__ import annotations
 
 import platform
+import ssl
 
-from OpenSSL import SSL
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from haven_agent import __version__
@@ -29,7 +29,7 @@ def build_labels() -> dict[str, str]:
         "version": __version__,
         "python": platform.python_version(),
         "twisted": twisted,
-        "openssl": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode("ascii", "replace"),
+        "openssl": ssl.OPENSSL_VERSION,
     }
 
 

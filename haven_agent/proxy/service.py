@@ -31,7 +31,6 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from haven_agent._twisted.docker_socket import docker_connector
-from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.config import ProxyConfig
 from haven_agent.metrics.proxy_metrics import ProxyMetrics
 from haven_agent.metrics.registry import new_registry
@@ -57,6 +56,7 @@ from haven_agent.tls.reload import (
     ReloadableServerOptions,
     install_reload_signal,
 )
+from haven_agent.tls.transport import serve_tls
 
 log = Logger()
 
@@ -374,8 +374,8 @@ def build_proxy_service(
     if policyRule is not None:
         service.policyReload = PolicyReload(config.policy, checker, policyRule)
     CertificateWatch(tls, reactor).setServiceParent(service)
-    wrapped = wrapWithHalfCloseableTLS(
-        tls, gate, clock=reactor, helloTimeout=config.helloTimeout
+    wrapped = serve_tls(
+        tls.current_context, gate, clock=reactor, helloTimeout=config.helloTimeout
     )
     source = config.sources.of("listen")
     if reusePort is None:

@@ -6,8 +6,8 @@ The agent serves the Docker API, which is root on the node, so it only ever spea
 TLS.  An operator may hand us a certificate (L{load_certificate_files}); otherwise
 each node mints its own self-signed certificate once, keeps it in its state
 directory and reuses it on every restart (L{load_or_create_self_signed}), so the
-fingerprint the master has pinned stays valid.  L{certificate_options} turns either
-into the Twisted L{CertificateOptions} the listener uses.
+fingerprint the master has pinned stays valid.  L{server_context} turns either
+into the standard library's C{ssl.SSLContext} the listener uses.
 
 Nothing here touches the reactor; generation happens once at start-up.
 """
@@ -19,6 +19,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -30,19 +31,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import crypto
-from twisted.internet.ssl import CertificateOptions, TLSVersion
 
 __all__ = [
     "CertificateError",
     "ServerCertificate",
-    "certificate_options",
     "load_certificate_files",
     "load_client_ca",
     "load_or_create_self_signed",
     "local_host_names",
     "local_ip_addresses",
     "parse_server_names",
+    "server_context",
     "sha256_fingerprint",
 ]
 
@@ -255,7 +254,7 @@ def load_client_ca(path: str) -> bytes:
     message naming it, instead of every client being refused later.
 
     @return: every certificate of the file, re-encoded as PEM (comments and
-        other blocks dropped), for L{certificate_options}.
+        other blocks dropped), for L{server_context}.
     @raise CertificateError: if the file is missing or unreadable, or holds no
         PEM certificate.
     """
@@ -546,17 +545,66 @@ def load_or_create_self_signed(
     )
 
 
-def certificate_options(
-    server: ServerCertificate, client_ca_pem: bytes | None = None
-) -> CertificateOptions:
-    """
-    The TLS server options for the listener, built once from C{server}.
+#: The TLS 1.2 suites (TLS 1.3's are OpenSSL's, all AEAD): forward-secret
+#: key exchange and AEAD or SHA-2 MACs, as CPython's own secure default.
+TLS12_CIPHERS = (
+    "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES"
+    ":!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
 
-    TLS 1.2 is the floor.  ALPN offers only C{http/1.1}: Twisted answers an
-    ALPN-offering client with no overlap by aborting the handshake, and the
-    Docker API is spoken over HTTP/1.1 (hijacked streams included).  When
-    C{client_ca_pem} is given, clients must present a certificate issued by
-    one of the CAs in it.
+
+def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """
+    Give C{context} the certificate chain and key, which the standard
+    library loads only from a file: an anonymous memory file (memfd) where
+    Linux has one, so the key is never written to a disk again, else a
+    file in a private temporary directory, removed at once.
+    """
+    data = cert_pem + key_pem
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        try:
+            fd = memfd_create("haven-agent-tls", os.MFD_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                _write_all(fd, data)
+                path = f"/proc/self/fd/{fd}"
+                if os.path.exists(path):
+                    context.load_cert_chain(path)
+                    return
+            finally:
+                os.close(fd)
+    with tempfile.TemporaryDirectory(prefix="haven-agent-tls-") as directory:
+        path = os.path.join(directory, "chain.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def server_context(
+    server: ServerCertificate, client_ca_pem: bytes | None = None
+) -> ssl.SSLContext:
+    """
+    The TLS context of the listener, built once from C{server}.
+
+    TLS 1.2 is the floor, with forward-secret suites only
+    (L{TLS12_CIPHERS}) at OpenSSL security level 2, no compression and the
+    server's preference order; client-initiated renegotiation is refused.
+    ALPN offers only C{http/1.1}: the Docker API is spoken over HTTP/1.1,
+    hijacked streams included, and a client that offers only other
+    protocols gets no ALPN answer. When C{client_ca_pem}
+    is given, clients must present a certificate issued by one of its CAs.
 
     Session tickets are issued, so that a client that reconnects for every
     call (the Haven master does) resumes its session instead of a full
@@ -567,23 +615,22 @@ def certificate_options(
     client certificate checked in its full handshake.
 
     @raise CertificateError: if C{client_ca_pem} holds no PEM certificate.
+    @raise ssl.SSLError: if OpenSSL refuses the certificate or key.
     """
-    certificates = x509.load_pem_x509_certificates(server.cert_pem)
-    key = serialization.load_pem_private_key(server.key_pem, password=None)
-    ca_certificates = None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Named here, since a Python built to use OpenSSL's DEFAULT list (as
+    # Debian's is) would otherwise also offer static RSA and SHA-1 suites.
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.set_alpn_protocols(["http/1.1"])
+    _load_chain(context, server.cert_pem, server.key_pem)
     if client_ca_pem is not None:
-        ca_certificates = [
-            crypto.X509.from_cryptography(cert)
-            for cert in _parse_certificates(client_ca_pem, "the client CA bundle")
-        ]
-    return CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        certificate=crypto.X509.from_cryptography(certificates[0]),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in certificates[1:]],
-        raiseMinimumTo=TLSVersion.TLSv1_2,
-        acceptableProtocols=[b"http/1.1"],
-        verify=ca_certificates is not None,
-        caCerts=ca_certificates,
-        requireCertificate=True,
-        enableSessionTickets=True,
-    )
+        certificates = _parse_certificates(client_ca_pem, "the client CA bundle")
+        context.load_verify_locations(
+            cadata=b"".join(
+                cert.public_bytes(serialization.Encoding.DER) for cert in certificates
+            )
+        )
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

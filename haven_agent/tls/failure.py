@@ -2,16 +2,17 @@
 """
 Why a connection ended before its first request, in words.
 
-A failed TLS handshake reaches the gate as OpenSSL's error queue, a list
-of (library, function, reason) tuples such as
-C{[('SSL routines', '', 'http request')]}: true, but an operator reading
-the log wants "plain HTTP on the TLS port". The reasons clients cause every
-day get a sentence; anything else is OpenSSL's own reason strings.
+A failed TLS handshake reaches the gate as the standard library's
+C{ssl.SSLError}, whose C{reason} is OpenSSL's name for it, such as
+C{HTTP_REQUEST}: true, but an operator reading the log wants "plain HTTP
+on the TLS port". The reasons clients cause every day get a sentence;
+anything else is OpenSSL's own reason, in words.
 """
 
 from __future__ import annotations
 
-from OpenSSL import SSL
+import ssl
+
 from twisted.python.failure import Failure
 
 #: OpenSSL reason strings -> what they mean at this port.
@@ -21,7 +22,6 @@ _MEANINGS = {
     "wrong version number": "not TLS, or a TLS version below 1.2",
     "unsupported protocol": "the client offered only TLS versions below 1.2",
     "no shared cipher": "the client offered no cipher the agent accepts",
-    "no application protocol": "the client offered no ALPN protocol but http/1.1",
     "peer did not return a certificate": "no client certificate",
     "certificate verify failed": "a client certificate the client CA did not sign",
     "tlsv1 alert unknown ca": "the client does not trust the agent's certificate",
@@ -45,22 +45,27 @@ def describe_close(reason: Failure | None) -> str:
     """
     if reason is None:
         return "closed"
-    if isinstance(reason.value, SSL.Error):
+    if isinstance(reason.value, ssl.SSLError):
         return describe_tls_error(reason.value)
     return reason.getErrorMessage()
 
 
-def describe_tls_error(error: SSL.Error) -> str:
-    reasons = []
-    queue = error.args[0] if error.args else []
-    if isinstance(queue, list):
-        for entry in queue:
-            if isinstance(entry, tuple) and len(entry) == 3:
-                reasons.append(str(entry[2]))
-    if not reasons:
-        return f"TLS failed: {error}" if str(error) else "TLS failed"
-    meanings = [_MEANINGS.get(reason, reason) for reason in reasons]
-    return "TLS failed: " + "; ".join(dict.fromkeys(meanings))
+def _reason(error: ssl.SSLError) -> str | None:
+    """OpenSSL's reason, as its own error strings spell it ("http request")."""
+    reason = getattr(error, "reason", None)
+    return reason.lower().replace("_", " ") if reason else None
+
+
+def describe_tls_error(error: ssl.SSLError) -> str:
+    reason = _reason(error)
+    if reason is None:
+        detail = error.strerror or (str(error) if error.args else "")
+        return f"TLS failed: {detail}" if detail else "TLS failed"
+    meaning = _MEANINGS.get(reason, reason)
+    verify_message = getattr(error, "verify_message", None)
+    if verify_message:
+        meaning = f"{meaning} ({verify_message})"
+    return f"TLS failed: {meaning}"
 
 
 #: OpenSSL reason strings that name a client certificate problem.
@@ -81,11 +86,6 @@ def handshake_outcome(reason: Failure | None) -> str:
         return "failed"
     if isinstance(reason.value, NoClientHello):
         return "timeout"
-    if isinstance(reason.value, SSL.Error):
-        queue = reason.value.args[0] if reason.value.args else []
-        for entry in queue if isinstance(queue, list) else ():
-            if isinstance(entry, tuple) and len(entry) == 3:
-                outcome = _CERTIFICATE_OUTCOMES.get(str(entry[2]))
-                if outcome is not None:
-                    return outcome
+    if isinstance(reason.value, ssl.SSLError):
+        return _CERTIFICATE_OUTCOMES.get(_reason(reason.value) or "", "failed")
     return "failed"

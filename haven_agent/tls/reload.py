@@ -27,24 +27,22 @@ from __future__ import annotations
 
 import datetime
 import signal
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field, frozen
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL
 from twisted.application.service import Service
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
-    certificate_options,
+    server_context,
 )
 
 __all__ = [
@@ -72,44 +70,43 @@ CHECK_INTERVAL = 24 * 60 * 60.0
 class _Material:
     """
     One consistent set of TLS material: the certificate, the client CA
-    bundle it was loaded with, and the options built from both.
+    bundle it was loaded with, and the TLS context built from both.
     """
 
     certificate: ServerCertificate
     client_ca_pem: bytes | None = field(repr=False)
-    options: CertificateOptions = field(repr=False)
+    context: ssl.SSLContext = field(repr=False)
 
 
 def _build(load: Loader) -> _Material:
     """
-    Load and build the options, including the OpenSSL context, now: a
-    problem must surface here, not in the handshake of the next client.
+    Load and build the TLS context now: a problem must surface here, not in
+    the handshake of the next client.
     """
     certificate, client_ca_pem = load()
-    options = certificate_options(certificate, client_ca_pem)
     try:
-        options.getContext()
-    except SSL.Error as e:
+        context = server_context(certificate, client_ca_pem)
+    except (ssl.SSLError, OSError) as e:
         raise CertificateError(
             f"TLS certificate {certificate.cert_path} and key "
             f"{certificate.key_path} are not usable by OpenSSL: {e}"
         ) from e
-    return _Material(certificate, client_ca_pem, options)
+    return _Material(certificate, client_ca_pem, context)
 
 
-@implementer(IOpenSSLServerConnectionCreator)
 @define(eq=False)
 class ReloadableServerOptions:
     """
     TLS server options whose certificate, key and client CA can be replaced
-    while serving; give it to L{wrapWithHalfCloseableTLS} in place of a
-    L{CertificateOptions}.
+    while serving; give its L{current_context} to
+    L{haven_agent.tls.transport.serve_tls}.
 
     Construction loads the material once and raises L{CertificateError} if it
     cannot, so a bad file still stops start-up.  After that, L{reload} never
-    raises.  It runs on the reactor thread, as does L{serverConnectionForTLS},
-    and swaps one reference to a consistent set of material, so a new
-    connection gets either all of the old material or all of the new.
+    raises.  It runs on the reactor thread, as does every new connection's
+    L{current_context}, and swaps one reference to a consistent set of
+    material, so a new connection gets either all of the old material or
+    all of the new.
 
     @ivar _load: reads the certificate and the optional client CA bundle from
         disk, the same way at start-up and on every reload.
@@ -126,22 +123,17 @@ class ReloadableServerOptions:
         """The certificate new connections are served with."""
         return self._current.certificate
 
-    @property
-    def current_options(self) -> CertificateOptions:
-        """The options new connections are built from."""
-        return self._current.options
+    def current_context(self) -> ssl.SSLContext:
+        """
+        The TLS context of a new connection; the connection keeps it, so a
+        later reload leaves established connections alone.
+        """
+        return self._current.context
 
     @property
     def client_ca_pem(self) -> bytes | None:
         """The client CA bundle new connections are verified with, if any."""
         return self._current.client_ca_pem
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """
-        A new OpenSSL connection on the current material; the connection keeps
-        its own reference to its context, so a later reload leaves it alone.
-        """
-        return self._current.options.serverConnectionForTLS(tlsProtocol)
 
     def reload(self) -> bool:
         """
@@ -386,20 +378,16 @@ def client_identity(transport: Any) -> str | None:
     not verify, so a certificate present after the handshake is a verified
     one.
 
-    @param transport: the TLS transport (L{HalfCloseableTLSTransport}), after
-        its handshake.
+    @param transport: the TLS transport
+        (L{haven_agent.tls.transport.TLSServerConnection}), after its
+        handshake.
     """
     get_peer_certificate = getattr(transport, "getPeerCertificate", None)
     if get_peer_certificate is None:
         return None
-    try:
-        peer = get_peer_certificate()
-    except AttributeError:
-        # The connection is gone: Twisted dropped its OpenSSL connection.
+    certificate = get_peer_certificate()
+    if certificate is None:
         return None
-    if peer is None:
-        return None
-    certificate = peer.to_cryptography()
     try:
         common_names = [
             attribute.value

@@ -417,7 +417,8 @@ class GateHarness:
         @param closeLater: a transport told to close reports it to its
             protocol on the next turn of the clock, as the reactor does;
             otherwise the test says when a connection is lost.
-        @param certificate: the client's TLS certificate (pyOpenSSL X509).
+        @param certificate: the client's TLS certificate (cryptography's
+            C{x509.Certificate}).
         @param hijacks: whether the answering dockerd hijacks each attach
             or exec start in turn (after the last: it does).
         @param dockerdDies: how many answers the answering dockerd sends

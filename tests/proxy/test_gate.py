@@ -748,7 +748,6 @@ def clientCertificate(commonName: str):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    from OpenSSL.crypto import X509
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
@@ -763,7 +762,7 @@ def clientCertificate(commonName: str):
         .not_valid_after(now + datetime.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
-    return X509.from_cryptography(certificate)
+    return certificate
 
 
 class CertificateAuthTests(SynchronousTestCase):

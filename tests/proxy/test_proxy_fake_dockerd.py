@@ -39,13 +39,13 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from haven_agent._twisted.docker_socket import docker_connector
-from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.config import ProxyConfig
 from haven_agent.proxy.auth import BasicAuthChecker
 from haven_agent.proxy.gate import GateFactory
 from haven_agent.proxy.service import build_proxy_service
 from haven_agent.thread_pools import ThreadPools
-from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
+from haven_agent.tls.certificates import load_or_create_self_signed, server_context
+from haven_agent.tls.transport import serve_tls
 from tests.fake_dockerd import (
     LEGACY_HIJACKED,
     UPGRADED,
@@ -390,7 +390,7 @@ class ProxyTestCase(TestCase):
 
     def setUp(self) -> None:
         self._clients: list[TLSClient] = []
-        self._tlsFactories: list[Any] = []
+        self._gates: list[GateFactory] = []
         self._fakes: list[FakeDockerdFactory] = []
         self._ports: list[Any] = []
         self._directories: list[str] = []
@@ -430,13 +430,13 @@ class ProxyTestCase(TestCase):
             clock=reactor,
             **gateOptions,
         )
-        tls = wrapWithHalfCloseableTLS(certificate_options(self.certificate), gate)
+        tls = serve_tls(server_context(self.certificate), gate)
         port = cast(IReactorTCP, reactor).listenTCP(
             0, cast(ServerFactory, tls), interface="127.0.0.1"
         )
         self._ports.append(port)
-        self._tlsFactories.append(tls)
-        self.tls = tls
+        self._gates.append(gate)
+        self.gate = gate
         return cast(IPv4Address, port.getHost()).port
 
     def startService(self, dockerPath: str, **settings: Any):
@@ -494,20 +494,22 @@ class ProxyTestCase(TestCase):
 
     @property
     def openAgentConnections(self) -> int:
-        return len(self.tls.protocols)
+        return len(self.gate.connections)
 
     @inlineCallbacks
     def _closeEverything(self):
         problems = []
         for client in self._clients:
             client.close()
-        for tls in self._tlsFactories:
-            closed = yield waitFor(lambda tls=tls: not tls.protocols)
+        for gate in self._gates:
+            closed = yield waitFor(lambda gate=gate: not gate.connections)
             if not closed:
-                problems.append(f"{len(tls.protocols)} agent connection(s) left open")
-                for protocol in list(tls.protocols):
+                problems.append(
+                    f"{len(gate.connections)} agent connection(s) left open"
+                )
+                for protocol in list(gate.connections):
                     protocol.transport.abortConnection()
-                yield waitFor(lambda tls=tls: not tls.protocols)
+                yield waitFor(lambda gate=gate: not gate.connections)
         for fake in self._fakes:
             closed = yield waitFor(lambda fake=fake: fake.open_connections == 0)
             if not closed:
@@ -673,8 +675,8 @@ class PlainAnswerTests(ProxyTestCase):
         client = yield self.connect()
         (ping,) = yield self.inThread(exchange, client, request(b"GET", b"/_ping"), 1)
         self.assertEqual(ping.raw, PING_OK)
-        (accepted,) = self.tls.protocols
-        sock = accepted.transport.getHandle()
+        (accepted,) = self.gate.connections
+        sock = accepted.transport.transport.getHandle()
         self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
 

@@ -235,12 +235,10 @@ class ReportingTests(TestCase):
 
     @inlineCallbacks
     def test_httpsMasterTrustedByCAFile(self):
+        from twisted.internet.ssl import PrivateCertificate
         from twisted.web.server import Site
 
-        from haven_agent.tls.certificates import (
-            certificate_options,
-            load_or_create_self_signed,
-        )
+        from haven_agent.tls.certificates import load_or_create_self_signed
 
         certificate = load_or_create_self_signed(
             self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
@@ -249,7 +247,12 @@ class ReportingTests(TestCase):
         site = Site(master)
         site.noisy = False
         port = reactor.listenSSL(
-            0, site, certificate_options(certificate), interface="127.0.0.1"
+            0,
+            site,
+            PrivateCertificate.loadPEM(
+                certificate.cert_pem + certificate.key_pem
+            ).options(),
+            interface="127.0.0.1",
         )
         self.addCleanup(port.stopListening)
         url = f"https://127.0.0.1:{port.getHost().port}"

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.tls.test_certificates -*-
 """
 Tests for L{haven_agent.tls.certificates}: the node's self-signed certificate, loading
-operator-supplied files, and the TLS server options, the latter exercised with
+operator-supplied files, and the TLS server context, the latter exercised with
 real handshakes over in-memory connections.
 """
 
@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import stat
 from collections import namedtuple
 from typing import Any
@@ -20,17 +21,12 @@ from typing import Any
 import psutil
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    TLSVersion,
-    optionsForClientTLS,
-)
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
@@ -41,15 +37,16 @@ from haven_agent.tls import certificates
 from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
-    certificate_options,
     load_certificate_files,
     load_client_ca,
     load_or_create_self_signed,
     local_host_names,
     local_ip_addresses,
     parse_server_names,
+    server_context,
     sha256_fingerprint,
 )
+from haven_agent.tls.transport import serve_tls
 from tests.pki import cert_pem, issue, key_pem, make_ca, new_key, write
 
 NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -109,18 +106,36 @@ def tls_factory(
     return TLSMemoryBIOFactory(options, is_client, wrapped, clock)
 
 
-def server_connection(options: CertificateOptions) -> SSL.Connection:
+class ServerConnection:
     """
-    A server-side memory-BIO connection on the context C{options} builds.
+    The server side of a handshake: the standard library's C{SSLObject}
+    over memory BIOs, as the agent's transport serves, with the part of
+    pyOpenSSL's memory-BIO API that L{handshake} drives.
+    """
 
-    Twisted's ALPN callback finds its protocol through the connection's app
-    data (as L{TLSMemoryBIOProtocol} sets it when serving), so give it a real
-    one, built but never connected.
-    """
-    factory = tls_factory(options, False, Factory.forProtocol(Protocol))
-    connection = SSL.Connection(options.getContext(), None)
-    connection.set_app_data(factory.buildProtocol(None))
-    return connection
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    def set_accept_state(self) -> None:
+        pass
+
+    def do_handshake(self) -> None:
+        self.tls.do_handshake()
+
+    def bio_read(self, size: int) -> bytes:
+        return self.outgoing.read(size)
+
+    def bio_write(self, data: bytes) -> None:
+        self.incoming.write(data)
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        der = self.tls.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der) if der else None
+
+
+def server_connection(context: ssl.SSLContext) -> ServerConnection:
+    return ServerConnection(context)
 
 
 def client_context(
@@ -135,7 +150,7 @@ def client_context(
     return context
 
 
-def handshake(server: SSL.Connection, client: SSL.Connection) -> dict[str, SSL.Error]:
+def handshake(server: ServerConnection, client: SSL.Connection) -> dict[str, Any]:
     """
     Drive a handshake between two memory-BIO connections and return the error
     each side failed with (empty when both completed).  After the handshake
@@ -144,7 +159,7 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> dict[str, SSL.E
     """
     server.set_accept_state()
     client.set_connect_state()
-    errors: dict[str, SSL.Error] = {}
+    errors: dict[str, Any] = {}
     done: set[str] = set()
     for _ in range(20):
         for name, connection in (("client", client), ("server", server)):
@@ -152,9 +167,9 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> dict[str, SSL.E
                 continue
             try:
                 connection.do_handshake()
-            except SSL.WantReadError:
+            except (SSL.WantReadError, ssl.SSLWantReadError):
                 pass
-            except SSL.Error as e:
+            except (SSL.Error, ssl.SSLError) as e:
                 errors[name] = e
             else:
                 done.add(name)
@@ -162,7 +177,7 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> dict[str, SSL.E
         for source, sink in ((client, server), (server, client)):
             try:
                 data = source.bio_read(65536)
-            except SSL.WantReadError:
+            except (SSL.WantReadError, ssl.SSLWantReadError):
                 continue
             if data:
                 sink.bio_write(data)
@@ -179,8 +194,9 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> dict[str, SSL.E
     return errors
 
 
-def reasons(error: SSL.Error) -> str:
-    return " ".join(str(part) for entry in error.args[0] for part in entry)
+def reasons(error: ssl.SSLError) -> str:
+    """OpenSSL's reason for a server-side failure, as its error strings spell it."""
+    return (error.reason or "").lower().replace("_", " ")
 
 
 # --- helpers: a Twisted-level loopback -------------------------------------------
@@ -200,15 +216,20 @@ class HandshakeRecorder(Protocol):
         self.lost = reason
 
 
-def twisted_loopback(server_options: Any, client_options: Any) -> tuple[Any, ...]:
-    """Connect a Twisted TLS client and server in memory and run the handshake."""
+def twisted_loopback(
+    server_context: ssl.SSLContext, client_options: Any
+) -> tuple[Any, ...]:
+    """
+    Connect a Twisted TLS client and the agent's TLS server transport in
+    memory and run the handshake.
+    """
     client_app, server_app = HandshakeRecorder(), HandshakeRecorder()
     clock = Clock()
     client_factory = tls_factory(
         client_options, True, Factory.forProtocol(lambda: client_app), clock
     )
-    server_factory = tls_factory(
-        server_options, False, Factory.forProtocol(lambda: server_app), clock
+    server_factory = serve_tls(
+        server_context, Factory.forProtocol(lambda: server_app), clock
     )
     server_tls, client_tls, pump = connectedServerAndClient(
         lambda: server_factory.buildProtocol(None),
@@ -650,23 +671,24 @@ class LoadCertificateFilesTests(SynchronousTestCase):
         self.assertIn("encrypted", str(error))
 
 
-class CertificateOptionsTests(SynchronousTestCase):
+class ServerContextTests(SynchronousTestCase):
     def setUp(self) -> None:
         # Valid now, since clients below check the validity period.
         self.server = generate(self, now=None)
 
     def test_context(self) -> None:
-        self.assertIsInstance(
-            certificate_options(self.server).getContext(), SSL.Context
-        )
+        context = server_context(self.server)
+        self.assertIsInstance(context, ssl.SSLContext)
+        self.assertEqual(context.minimum_version, ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(context.verify_mode, ssl.CERT_NONE)
 
     def test_handshake_negotiates_http11(self) -> None:
         """A modern client completes the handshake and agrees on http/1.1."""
-        server = server_connection(certificate_options(self.server))
+        server = server_connection(server_context(self.server))
         client = SSL.Connection(client_context(), None)
         self.assertEqual(handshake(server, client), {})
         self.assertEqual(client.get_alpn_proto_negotiated(), b"http/1.1")
-        self.assertEqual(server.get_alpn_proto_negotiated(), b"http/1.1")
+        self.assertEqual(server.tls.selected_alpn_protocol(), "http/1.1")
         self.assertIn(client.get_protocol_version_name(), ("TLSv1.2", "TLSv1.3"))
         self.assertEqual(
             sha256_fingerprint(peer_certificate(client)),
@@ -677,7 +699,7 @@ class CertificateOptionsTests(SynchronousTestCase):
         """TLS 1.2 is still accepted."""
         context = client_context()
         context.set_max_proto_version(SSL.TLS1_2_VERSION)
-        server = server_connection(certificate_options(self.server))
+        server = server_connection(server_context(self.server))
         client = SSL.Connection(context, None)
         self.assertEqual(handshake(server, client), {})
         self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
@@ -692,23 +714,69 @@ class CertificateOptionsTests(SynchronousTestCase):
         context.set_max_proto_version(SSL.TLS1_1_VERSION)
         context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
 
-        lax = CertificateOptions(
-            privateKey=certificate_options(self.server).privateKey,
-            certificate=certificate_options(self.server).certificate,
-            insecurelyLowerMinimumTo=TLSVersion.TLSv1_1,
-            acceptableProtocols=[b"http/1.1"],
-        )
-        lax.getContext().set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        lax = server_context(self.server)
+        lax.minimum_version = ssl.TLSVersion.TLSv1_1
+        lax.set_ciphers("DEFAULT:@SECLEVEL=0")
         if handshake(server_connection(lax), SSL.Connection(context, None)):
             raise SkipTest("this OpenSSL cannot negotiate TLS 1.1 at all")
 
         # Relax the cipher policy too, so only the version floor stands in the way.
-        strict = certificate_options(self.server)
-        strict.getContext().set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        strict = server_context(self.server)
+        strict.set_ciphers("DEFAULT:@SECLEVEL=0")
         errors = handshake(server_connection(strict), SSL.Connection(context, None))
         self.assertIn("server", errors)
         self.assertIn("unsupported protocol", reasons(errors["server"]))
         self.assertIn("client", errors)
+
+    def test_no_static_rsa_or_sha1_suites(self) -> None:
+        """
+        A TLS 1.2 client offering only suites without forward secrecy or
+        with SHA-1 MACs finds none it shares with the server; the same
+        client gets through with a forward-secret one.
+        """
+        server_certificate = load_certificate_files(*self.rsa_files())
+        for suite in ("AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"):
+            context = client_context()
+            context.set_max_proto_version(SSL.TLS1_2_VERSION)
+            context.set_cipher_list(suite.encode())
+            errors = handshake(
+                server_connection(server_context(server_certificate)),
+                SSL.Connection(context, None),
+            )
+            self.assertIn("server", errors, suite)
+            self.assertEqual(reasons(errors["server"]), "no shared cipher", suite)
+        context = client_context()
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_cipher_list(b"ECDHE-RSA-AES128-GCM-SHA256")
+        self.assertEqual(
+            handshake(
+                server_connection(server_context(server_certificate)),
+                SSL.Connection(context, None),
+            ),
+            {},
+        )
+
+    def rsa_files(self) -> tuple[str, str]:
+        """An RSA server certificate and key, as an operator may bring."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node1")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        directory = self.mktemp()
+        os.mkdir(directory)
+        return (
+            write(os.path.join(directory, "c.pem"), cert_pem(cert)),
+            write(os.path.join(directory, "k.pem"), key_pem(key)),
+        )
 
     def test_chain_sent(self) -> None:
         """Certificates after the leaf in cert_pem are sent as the chain."""
@@ -725,7 +793,7 @@ class CertificateOptionsTests(SynchronousTestCase):
             write(os.path.join(directory, "c.pem"), cert_pem(cert) + cert_pem(ca_cert)),
             write(os.path.join(directory, "k.pem"), key_pem(key)),
         )
-        server = server_connection(certificate_options(server_certificate))
+        server = server_connection(server_context(server_certificate))
         client = SSL.Connection(client_context(), None)
         self.assertEqual(handshake(server, client), {})
         self.assertEqual(
@@ -741,7 +809,7 @@ class CertificateOptionsTests(SynchronousTestCase):
         ca_key, ca_cert = make_ca("Client CA")
         other_ca_key, other_ca_cert = make_ca("Other CA")
         extra_ca_cert = make_ca("Second trusted CA")[1]
-        options = certificate_options(
+        options = server_context(
             self.server, client_ca_pem=cert_pem(extra_ca_cert) + cert_pem(ca_cert)
         )
 
@@ -772,19 +840,51 @@ class CertificateOptionsTests(SynchronousTestCase):
         self.assertEqual(
             handshake(server, SSL.Connection(client_context(cert, key), None)), {}
         )
-        self.assertEqual(peer_certificate(server), cert)
-        self.assertEqual(server.get_alpn_proto_negotiated(), b"http/1.1")
+        self.assertEqual(server.peer_certificate(), cert)
+        self.assertEqual(server.tls.selected_alpn_protocol(), "http/1.1")
 
     def test_no_client_certificate_needed_by_default(self) -> None:
-        server = server_connection(certificate_options(self.server))
+        server = server_connection(server_context(self.server))
         self.assertEqual(handshake(server, SSL.Connection(client_context(), None)), {})
-        self.assertIsNone(server.get_peer_certificate())
+        self.assertIsNone(server.peer_certificate())
 
     def test_bad_client_ca(self) -> None:
         error = self.assertRaises(
-            CertificateError, certificate_options, self.server, b"not pem"
+            CertificateError, server_context, self.server, b"not pem"
         )
         self.assertIn("client CA", str(error))
+
+    def test_without_memfd(self) -> None:
+        """
+        Where Linux's memory files are missing, the chain and key are loaded
+        from a file in a private temporary directory that is gone after.
+        """
+
+        def no_memfd(name: str, flags: int = 0) -> int:
+            raise OSError(38, "Function not implemented")
+
+        temporary = self.mktemp()
+        os.mkdir(temporary)
+        self.patch(certificates.os, "memfd_create", no_memfd)
+        self.patch(certificates.tempfile, "tempdir", temporary)
+        made: list[str] = []
+        real = certificates.tempfile.TemporaryDirectory
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            directory = real(*args, **kwargs)
+            made.append(directory.name)
+            return directory
+
+        self.patch(certificates.tempfile, "TemporaryDirectory", recorded)
+        server = server_connection(server_context(self.server))
+        client = SSL.Connection(client_context(), None)
+        self.assertEqual(handshake(server, client), {})
+        self.assertEqual(
+            sha256_fingerprint(peer_certificate(client)), self.server.fingerprint
+        )
+        [directory] = made
+        self.assertEqual(os.path.dirname(directory), temporary)
+        self.assertEqual(os.listdir(temporary), [])
 
     def test_twisted_client_verifies_names(self) -> None:
         """
@@ -795,7 +895,7 @@ class CertificateOptionsTests(SynchronousTestCase):
         trust = Certificate.loadPEM(self.server.cert_pem)
         for name in HOSTS + IPS:
             server_tls, client_tls, server_app, client_app = twisted_loopback(
-                certificate_options(self.server),
+                server_context(self.server),
                 optionsForClientTLS(
                     name, trustRoot=trust, acceptableProtocols=[b"h2", b"http/1.1"]
                 ),
@@ -806,7 +906,7 @@ class CertificateOptionsTests(SynchronousTestCase):
             self.assertEqual(server_tls.negotiatedProtocol, b"http/1.1")
 
         server_tls, client_tls, server_app, client_app = twisted_loopback(
-            certificate_options(self.server),
+            server_context(self.server),
             optionsForClientTLS("elsewhere.example", trustRoot=trust),
         )
         self.assertFalse(client_app.completed)
@@ -830,8 +930,8 @@ class LoadClientCATests(SynchronousTestCase):
         )
         bundle = load_client_ca(path)
         self.assertEqual(bundle, cert_pem(first) + cert_pem(second))
-        options = certificate_options(generate(self), client_ca_pem=bundle)
-        self.assertTrue(options.verify)
+        context = server_context(generate(self), client_ca_pem=bundle)
+        self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
 
     def test_missing_file(self) -> None:
         path = os.path.join(self.directory, "absent.pem")

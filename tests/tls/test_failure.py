@@ -3,38 +3,65 @@ Tests for L{haven_agent.tls.failure}: why a connection ended before its
 first request, in words an operator understands.
 """
 
-from OpenSSL import SSL
+import ssl
+
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from haven_agent.tls.certificates import load_or_create_self_signed, server_context
 from haven_agent.tls.failure import NoClientHello, describe_close, handshake_outcome
+
+
+def tls_error(reason: str, cls: type[ssl.SSLError] = ssl.SSLError) -> ssl.SSLError:
+    """An error as the standard library raises it for OpenSSL's C{reason}."""
+    error = cls(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')}")
+    error.library = "SSL"
+    error.reason = reason
+    return error
 
 
 class DescribeCloseTests(SynchronousTestCase):
     def test_plain_http(self) -> None:
-        error = SSL.Error([("SSL routines", "", "http request")])
+        """
+        What OpenSSL really raises when a client speaks plain HTTP to the
+        agent's TLS context.
+        """
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = server_context(certificate).wrap_bio(
+            incoming, outgoing, server_side=True
+        )
+        incoming.write(b"GET /_ping HTTP/1.1\r\nHost: node\r\n\r\n")
+        error = self.assertRaises(ssl.SSLError, server.do_handshake)
         self.assertEqual(
             describe_close(Failure(error)),
             "TLS failed: plain HTTP on the TLS port (use https://)",
         )
 
     def test_unknown_reason_kept(self) -> None:
-        error = SSL.Error([("SSL routines", "", "something new")])
-        self.assertEqual(describe_close(Failure(error)), "TLS failed: something new")
-
-    def test_repeated_reason_once(self) -> None:
-        error = SSL.Error(
-            [("SSL routines", "", "no shared cipher")] * 2
-            + [("SSL routines", "", "other")]
+        self.assertEqual(
+            describe_close(Failure(tls_error("SOMETHING_NEW"))),
+            "TLS failed: something new",
         )
+
+    def test_verify_message_added(self) -> None:
+        error = tls_error("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
+        error.verify_message = "certificate has expired"
         self.assertEqual(
             describe_close(Failure(error)),
-            "TLS failed: the client offered no cipher the agent accepts; other",
+            "TLS failed: a client certificate the client CA did not sign "
+            "(certificate has expired)",
         )
 
-    def test_error_without_queue(self) -> None:
-        self.assertEqual(describe_close(Failure(SSL.Error())), "TLS failed")
+    def test_error_without_reason(self) -> None:
+        self.assertEqual(
+            describe_close(Failure(ssl.SSLError(5, "EOF occurred"))),
+            "TLS failed: EOF occurred",
+        )
+        self.assertEqual(describe_close(Failure(ssl.SSLError())), "TLS failed")
 
     def test_not_tls(self) -> None:
         self.assertEqual(
@@ -53,12 +80,12 @@ class HandshakeOutcomeTests(SynchronousTestCase):
 
     def test_outcomes(self) -> None:
         def tls(reason: str) -> Failure:
-            return Failure(SSL.Error([("SSL routines", "", reason)]))
+            return Failure(tls_error(reason))
 
         for reason, outcome in [
-            (tls("peer did not return a certificate"), "no_client_certificate"),
-            (tls("certificate verify failed"), "bad_client_certificate"),
-            (tls("http request"), "failed"),
+            (tls("PEER_DID_NOT_RETURN_A_CERTIFICATE"), "no_client_certificate"),
+            (tls("CERTIFICATE_VERIFY_FAILED"), "bad_client_certificate"),
+            (tls("HTTP_REQUEST"), "failed"),
             (Failure(NoClientHello(5.0)), "timeout"),
             (Failure(ConnectionDone()), "failed"),
             (None, "failed"),

@@ -7,7 +7,7 @@ Whether a reload reaches new connections and spares established ones, and
 whether OpenSSL really refuses a client, is decided by real handshakes on real
 sockets: the server is the agent's own half-closeable TLS wrapper on a
 listening port, the client a blocking pyOpenSSL connection run in a thread
-(as in L{tests._twisted.test_halfclose_tls}).  The rest runs on a C{Clock}.
+(as in L{tests.tls.test_transport}).  The rest runs on a C{Clock}.
 """
 
 from __future__ import annotations
@@ -16,24 +16,22 @@ import datetime
 import os
 import signal
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface.verify import verifyObject
 
-from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
 from haven_agent.tls.certificates import (
     CertificateError,
     ServerCertificate,
@@ -49,6 +47,7 @@ from haven_agent.tls.reload import (
     expiry_warning,
     install_reload_signal,
 )
+from haven_agent.tls.transport import serve_tls
 from tests.pki import cert_pem, issue, key_pem, make_ca, server_pair, write
 
 NOW = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -195,7 +194,7 @@ class ServingTestCase(TestCase):
         factory.protocols = []
         self.factory = factory
         self.clients: list[BlockingClient] = []
-        tls: Any = wrapWithHalfCloseableTLS(options, factory)
+        tls: Any = serve_tls(options.current_context, factory)
         port: Any = reactor.listenTCP(  # type: ignore[attr-defined]
             0, tls, interface="127.0.0.1"
         )
@@ -224,10 +223,18 @@ class ReloadOverSocketsTests(ServingTestCase):
     def setUp(self) -> None:
         self.files = Files(self.mktemp())
 
-    def test_provides_interface(self) -> None:
+    def test_context_kept_until_reload(self) -> None:
+        """
+        Every new connection gets the same context until a reload builds
+        another; the one given out before is left as it was.
+        """
         self.files.install("one")
         options = ReloadableServerOptions(self.files.load)
-        self.assertTrue(verifyObject(IOpenSSLServerConnectionCreator, options))
+        first = options.current_context()
+        self.assertIsInstance(first, ssl.SSLContext)
+        self.assertIs(options.current_context(), first)
+        self.assertTrue(options.reload())
+        self.assertIsNot(options.current_context(), first)
 
     @inlineCallbacks
     def test_new_connections_get_new_certificate(self) -> Any:
@@ -414,10 +421,10 @@ class ReloadFailureTests(SynchronousTestCase):
     def assert_kept(
         self, options: ReloadableServerOptions, *names: str
     ) -> dict[str, Any]:
-        kept = options.current_options
+        kept = options.current_context()
         with capturedLogs() as events:
             self.assertFalse(options.reload())
-        self.assertIs(options.current_options, kept)
+        self.assertIs(options.current_context(), kept)
         self.assertEqual(options.current_certificate.fingerprint, self.fingerprint)
         [event] = [e for e in events if e["log_level"] == LogLevel.error]
         text = formatEvent(event)
@@ -460,7 +467,7 @@ class ReloadFailureTests(SynchronousTestCase):
         write(self.files.ca, b"garbage")
         self.assert_kept(options, self.files.ca)
         self.assertEqual(options.client_ca_pem, ca_pem)
-        self.assertTrue(options.current_options.verify)
+        self.assertEqual(options.current_context().verify_mode, ssl.CERT_REQUIRED)
 
     def test_missing_client_ca(self) -> None:
         options = ReloadableServerOptions(self.files.load_with_client_ca)
@@ -720,9 +727,9 @@ class InstallReloadSignalTests(SynchronousTestCase):
 
 class FakeTransport:
     def __init__(self, cert: x509.Certificate | None) -> None:
-        self.peer = None if cert is None else crypto.X509.from_cryptography(cert)
+        self.peer = cert
 
-    def getPeerCertificate(self) -> crypto.X509 | None:
+    def getPeerCertificate(self) -> x509.Certificate | None:
         return self.peer
 
 
@@ -753,14 +760,3 @@ class ClientIdentityTests(SynchronousTestCase):
 
     def test_not_tls(self) -> None:
         self.assertIsNone(client_identity(object()))
-
-    def test_connection_gone(self) -> None:
-        """Twisted drops the OpenSSL connection when the connection is lost."""
-
-        class Lost:
-            _tlsConnection = None
-
-            def getPeerCertificate(self) -> Any:
-                return self._tlsConnection.get_peer_certificate()  # type: ignore[attr-defined]
-
-        self.assertIsNone(client_identity(Lost()))

@@ -1,5 +1,5 @@
 """
-Tests for L{haven_agent._twisted.halfclose_tls} on real TCP sockets: the kernel's
+Tests for L{haven_agent.tls.transport} on real TCP sockets: the kernel's
 FIN and OpenSSL's close_notify are the point, so nothing here is simulated.
 
 The client is a blocking pyOpenSSL connection run in a thread, because it
@@ -10,6 +10,7 @@ must do exactly what the Go docker CLI does: send, close its own direction
 import fcntl
 import os
 import socket
+import ssl
 import struct
 import termios
 
@@ -23,9 +24,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from haven_agent._twisted.halfclose_tls import wrapWithHalfCloseableTLS
-from haven_agent.tls.certificates import certificate_options, load_or_create_self_signed
+from haven_agent.tls.certificates import load_or_create_self_signed, server_context
 from haven_agent.tls.failure import NoClientHello, describe_close
+from haven_agent.tls.transport import serve_tls
 
 
 @implementer(IHalfCloseableProtocol)
@@ -122,7 +123,7 @@ class HalfCloseTests(TestCase):
         factory.lost = Deferred()
         factory.closeFirst = closeFirst
         self.factory = factory
-        tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
+        tls = serve_tls(server_context(certificate), factory)
         port = reactor.listenTCP(0, tls, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port
@@ -262,7 +263,7 @@ def listenTLS(testCase, protocol):
     factory = Factory.forProtocol(protocol)
     factory.connected = []
     factory.lost = Deferred()
-    tls = wrapWithHalfCloseableTLS(certificate_options(certificate), factory)
+    tls = serve_tls(server_context(certificate), factory)
     port = reactor.listenTCP(0, tls, interface="127.0.0.1")
     testCase.addCleanup(port.stopListening)
     testCase.factory = factory
@@ -414,8 +415,8 @@ class HelloDeadlineTests(TestCase):
         factory.connected = []
         factory.lost = Deferred()
         self.factory = factory
-        tls = wrapWithHalfCloseableTLS(
-            certificate_options(certificate),
+        tls = serve_tls(
+            server_context(certificate),
             factory,
             clock=reactor,
             helloTimeout=helloTimeout,
@@ -447,3 +448,100 @@ class HelloDeadlineTests(TestCase):
         self.assertEqual(len(self.factory.connected), 1)
         [reason] = yield self.factory.lost
         self.assertNotIsInstance(reason.value, NoClientHello)
+
+
+class AnswersAtOnce(Protocol):
+    """Answers and closes as soon as it is connected, before any handshake:
+    the gate does so when it refuses an overloaded connection."""
+
+    def connectionMade(self):
+        self.factory.connected.append(self)
+        self.transport.write(b"busy, ")
+        self.transport.write(b"try later")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.factory.lost.callback([reason])
+
+
+class BeforeAndAfterHandshakeTests(TestCase):
+    def listen(self, protocol):
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        factory = Factory.forProtocol(protocol)
+        factory.connected = []
+        factory.lost = Deferred()
+        self.factory = factory
+        port = reactor.listenTCP(
+            0, serve_tls(server_context(certificate), factory), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_writesBeforeHandshakeSentAfterIt(self):
+        """
+        What the application wrote before the handshake, and its close,
+        wait for the handshake: the client reads it all, then close_notify.
+        """
+        port = self.listen(AnswersAtOnce)
+        received, clean, _ = yield deferToThread(tlsClient, port, b"", then=b"")
+        self.assertEqual(received, b"busy, try later")
+        self.assertTrue(clean)
+        [reason] = yield self.factory.lost
+        self.assertNotIsInstance(reason.value, ssl.SSLError)
+
+    @inlineCallbacks
+    def test_handshakeFailureReported(self):
+        """
+        Plain HTTP on the TLS port: the application's connectionLost gets
+        OpenSSL's error, which says what happened, and the client gets the
+        alert and the close, not a hang.
+        """
+        port = self.listen(Recorder)
+
+        def plainHTTP():
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: node\r\n\r\n")
+                answer = b""
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        return answer
+                    answer += data
+
+        answer = yield deferToThread(plainHTTP)
+        # A TLS alert record (content type 21), if anything.
+        self.assertIn(answer[:1], (b"", b"\x15"))
+        [reason] = yield self.factory.lost
+        self.assertIsInstance(reason.value, ssl.SSLError)
+        self.assertEqual(
+            describe_close(reason),
+            "TLS failed: plain HTTP on the TLS port (use https://)",
+        )
+
+    @inlineCallbacks
+    def test_peerCertificateAndProtocol(self):
+        """
+        Without a client CA there is no client certificate to name; the
+        ALPN protocol is http/1.1, and neither is asked before the
+        handshake.
+        """
+        seen = []
+
+        class Look(Protocol):
+            def connectionMade(self):
+                seen.append(("made", self.transport.getPeerCertificate()))
+
+            def dataReceived(self, data):
+                transport = self.transport
+                seen.append(("data", transport.getPeerCertificate()))
+                seen.append(("alpn", transport.negotiatedProtocol))
+                transport.write(data)
+                transport.loseConnection()
+
+        port = self.listen(Look)
+        received, _, _ = yield deferToThread(tlsClient, port, b"hi", then=b"")
+        self.assertEqual(received, b"hi")
+        self.assertEqual(seen, [("made", None), ("data", None), ("alpn", b"http/1.1")])
