@@ -21,6 +21,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.internet.tcp.Connection", "_tempDataLen"),
     ("twisted.internet.tcp.Connection", "_writeDisconnecting"),
     ("twisted.internet.tcp.Connection", "_writeDisconnected"),
+    ("twisted.internet.tcp.Connection", "_closeWriteConnection"),
     # docker_socket: the UNIX client and endpoint.
     ("twisted.internet.unix.Connector", "_makeTransport"),
     ("twisted.internet.unix.Client", "_connectDone"),

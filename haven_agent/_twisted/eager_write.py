@@ -1,6 +1,7 @@
 # -*- test-case-name: tests._twisted.test_eager_write -*-
 """
-Writing to a socket transport at once instead of on the next reactor turn.
+Writing to a socket transport, and half-closing it, at once instead of on
+the next reactor turn.
 
 Twisted's `FileDescriptor.write` only queues bytes: it registers the socket
 for writability, and the bytes leave on a later reactor iteration, after
@@ -50,3 +51,34 @@ def write_now(transport: Any, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         transport.write(data[sent:] if sent else data)
+
+
+def close_write_now(transport: Any) -> None:
+    """
+    Half-close C{transport} (a TCP FIN, or its UNIX socket's) at once when
+    nothing is queued before it and no producer is registered.
+
+    Twisted's `loseWriteConnection` registers the socket for writability,
+    sends nothing on the next reactor turn, then shuts it down and
+    unregisters it: two `epoll_ctl` calls and a trip round the reactor for
+    a half-close that has nothing to wait for. Here the shutdown happens
+    the way that turn would do it (`_closeWriteConnection`, which tells an
+    `IHalfCloseableProtocol` that its write side is done); anything else
+    takes the ordinary path.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or transport._tempDataLen
+        or transport.dataBuffer
+        or transport.producer is not None
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or transport._writeDisconnected
+        or not transport.connected
+        or transport.TLS
+    ):
+        transport.loseWriteConnection()
+        return
+    transport._writeDisconnected = True
+    transport._closeWriteConnection()

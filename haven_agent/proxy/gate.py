@@ -296,7 +296,11 @@ class GateProtocol(Protocol):
 
     # Slots keep an idle stream's gate small: with some thirty attributes
     # an instance dictionary would be the largest object of a connection.
+    # Protocol's own two attributes too: without them every connection
+    # carries an instance dictionary.
     __slots__ = (
+        "transport",
+        "connected",
         "_answers",
         "_body",
         "_clientReadDone",
@@ -330,6 +334,8 @@ class GateProtocol(Protocol):
     )
 
     def __init__(self, factory: GateFactory, peer) -> None:
+        self.transport = None
+        self.connected = 0
         self._factory = factory
         self._clock = factory.clock
         self._peer = peer_label(peer)
@@ -388,12 +394,13 @@ class GateProtocol(Protocol):
 
     def _park(self, phase: Phase, data: bytes) -> None:
         """
-        Wait in C{phase} (DECIDING, HOLDING) with the client paused; what it
-        sent after the current request is read once L{_continue} is called.
+        Wait in C{phase} (DECIDING, HOLDING); what the client sent after the
+        current request is read once L{_continue} is called. The client is
+        paused only if it sends more meanwhile (L{dataReceived}): most wait
+        for the answer, and a pause and resume are two `epoll_ctl` calls.
         """
         self._enter(phase)
         self._parked = data
-        self._splice.clientPauser.pause(PAUSED_FOR[phase])
 
     def _continue(self) -> None:
         """
@@ -459,9 +466,10 @@ class GateProtocol(Protocol):
         elif phase is Phase.BODY:
             self._bodyReceived(data)
         elif phase is Phase.DECIDING or phase is Phase.HOLDING:
-            # The transport is paused, but TLS may still hand over what it
-            # had decrypted.
+            # Kept for after the verdict or the answer, and no more read
+            # until then.
             self._parked += data
+            self._splice.clientPauser.pause(PAUSED_FOR[phase])
 
     def readConnectionLost(self) -> None:
         self._clientReadDone = True
@@ -545,7 +553,6 @@ class GateProtocol(Protocol):
             self._parked = data
             self._judge(head)
             if self._phase is Phase.DECIDING:
-                self._splice.clientPauser.pause(PAUSED_FOR[Phase.DECIDING])
                 return
             if self._phase is Phase.BODY:
                 # The body's reader took what followed the head.
@@ -774,8 +781,6 @@ class GateProtocol(Protocol):
         self._heldBody = raw
         if self._splice.docker is None:
             self._connectDocker(head, allowed)
-            if self._phase is Phase.DECIDING:
-                self._splice.clientPauser.pause(PAUSED_FOR[Phase.DECIDING])
             return
         self._forward(head, allowed)
         data, self._parked = self._parked, b""

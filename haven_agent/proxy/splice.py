@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from haven_agent._twisted.eager_write import write_now
+from haven_agent._twisted.eager_write import close_write_now, write_now
 
 
 class UpstreamListener(TypingProtocol):
@@ -112,9 +112,13 @@ class DockerConnection(Protocol):
     Its bytes are never parsed: they go to the client as they come.
     """
 
-    __slots__ = ("_listener", "pauser", "closed")
+    # Protocol's own two attributes too: without them every connection
+    # carries an instance dictionary.
+    __slots__ = ("transport", "connected", "_listener", "pauser", "closed")
 
     def __init__(self, listener: UpstreamListener) -> None:
+        self.transport = None
+        self.connected = 0
         self._listener = listener
         self.pauser: PauseReasons | None = None
         self.closed = False
@@ -222,7 +226,7 @@ class Splice:
         docker = self.docker
         if docker is not None and not docker.closed:
             docker.transport.unregisterProducer()
-            docker.transport.loseWriteConnection()
+            close_write_now(docker.transport)
 
     def closeDocker(self) -> None:
         """

@@ -57,7 +57,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from haven_agent._twisted.eager_write import write_now
+from haven_agent._twisted.eager_write import close_write_now, write_now
 from haven_agent.tls.failure import NoClientHello
 
 #: Most plaintext one TLS record carries, and so one `SSLObject.read`.
@@ -79,7 +79,11 @@ class TLSServerConnection(Protocol):
         handshake or a producer).
     """
 
+    # Protocol's own attributes too: without them every connection carries
+    # an instance dictionary.
     __slots__ = (
+        "transport",
+        "connected",
         "factory",
         "wrapped",
         "disconnecting",
@@ -100,6 +104,8 @@ class TLSServerConnection(Protocol):
     )
 
     def __init__(self, factory: TLSServerFactory, wrapped: Any) -> None:
+        self.transport: Any = None
+        self.connected = 0
         self.factory = factory
         self.wrapped = wrapped
         self.disconnecting = False
@@ -352,7 +358,7 @@ class TLSServerConnection(Protocol):
         if self._readClosed:
             self.transport.loseConnection()  # type: ignore[union-attr]
         else:
-            self.transport.loseWriteConnection()  # type: ignore[union-attr]
+            close_write_now(self.transport)
 
     def loseConnection(self) -> None:
         if self.disconnecting or self._lost:

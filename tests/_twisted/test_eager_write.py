@@ -8,13 +8,15 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
-from haven_agent._twisted.eager_write import write_now
+from haven_agent._twisted.eager_write import close_write_now, write_now
 
 
 def queued(transport) -> int:
@@ -164,3 +166,95 @@ class EagerWriteTests(TestCase):
         write_now(protocol.transport, request)
         self.assertEqual(queued(protocol.transport), 0)
         self.assertEqual(self.recvExactly(accepted, len(request)), request)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseable(Collect):
+    writeClosed = False
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        self.writeClosed = True
+
+
+class CloseWriteNowTests(TestCase):
+    """
+    L{close_write_now}: the FIN leaves before the call returns when nothing
+    is queued, and after the queued bytes otherwise.
+    """
+
+    recvExactly = EagerWriteTests.recvExactly
+
+    @inlineCallbacks
+    def connect(self):
+        factory = Factory.forProtocol(HalfCloseable)
+        factory.connected = Deferred()
+        factory.received = []
+        factory.lost = Deferred()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.settimeout(10)
+        server = yield factory.connected
+        self.addCleanup(server.transport.abortConnection)
+        self.server = server
+        return server.transport, client
+
+    @inlineCallbacks
+    def test_finAtOnce(self):
+        """
+        Nothing queued: the client sees the end of the stream without the
+        reactor turning, the protocol hears its write side is done, the
+        socket is never registered for writing, and reading goes on.
+        """
+        transport, client = yield self.connect()
+        write_now(transport, b"last")
+        close_write_now(transport)
+        self.assertTrue(self.server.writeClosed)
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(self.recvExactly(client, 5), b"last")
+        self.assertEqual(client.recv(1), b"")
+        client.sendall(b"still heard")
+        client.shutdown(socket.SHUT_WR)
+        received = yield self.server.factory.lost
+        self.assertEqual(received, b"still heard")
+
+    @inlineCallbacks
+    def test_finAfterQueuedBytes(self):
+        """
+        Bytes still queued: the ordinary half-close, after them.
+        """
+        transport, client = yield self.connect()
+        transport.write(b"queued")
+        close_write_now(transport)
+        self.assertFalse(self.server.writeClosed)
+        self.assertIn(transport, reactor.getWriters())
+        data = yield deferToThread(self.recvExactly, client, 7)
+        self.assertEqual(data, b"queued")
+        self.assertTrue(self.server.writeClosed)
+
+    @inlineCallbacks
+    def test_producerWaitedFor(self):
+        """
+        A registered producer may still write: the ordinary path, which
+        waits for it.
+        """
+        transport, client = yield self.connect()
+
+        @implementer(IPushProducer)
+        class Idle:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        transport.registerProducer(Idle(), True)
+        close_write_now(transport)
+        self.assertFalse(self.server.writeClosed)

@@ -29,7 +29,9 @@ class ForwardingTests(SynchronousTestCase):
         request = get(extra=b"X-Registry-Auth: e30=\r\nX-Odd:  spaced \r\n")
         h.send(request)
         self.assertEqual(len(h.connects), 1)
-        self.assertEqual(h.client.producerState, "paused", "paused while connecting")
+        self.assertEqual(
+            h.client.producerState, "producing", "no pause while nothing follows"
+        )
         docker = h.acceptDocker()
         self.assertEqual(docker.value(), request)
         self.assertEqual(h.client.producerState, "producing")
@@ -112,10 +114,13 @@ class HijackTests(SynchronousTestCase):
             + AUTH
             + b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
         )
-        h.send(head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        h.send(head + b"raw stdin\r\n\r\n")
         docker = h.acceptDocker()
         self.assertEqual(docker.value(), head, "stdin waits for dockerd's answer")
-        self.assertEqual(h.client.producerState, "paused")
+        self.assertEqual(h.client.producerState, "producing")
+        h.send(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(h.client.producerState, "paused", "more input waits too")
+        self.assertEqual(docker.value(), head)
         h.docker.dataReceived(UPGRADED[:20])
         self.assertEqual(docker.value(), head)
         h.docker.dataReceived(UPGRADED[20:] + b"out")
@@ -123,6 +128,7 @@ class HijackTests(SynchronousTestCase):
         self.assertEqual(
             docker.value(), head + b"raw stdin\r\n\r\nGET / HTTP/1.1\r\n\r\n"
         )
+        self.assertEqual(h.client.producerState, "producing")
         self.assertEqual(h.client.producerState, "producing")
         h.send(b"\x00\x01 not http")
         self.assertTrue(docker.value().endswith(b"\x00\x01 not http"))
@@ -475,8 +481,9 @@ class SlowCheckTests(SynchronousTestCase):
 
         h = GateHarness(checker=hashedChecker(later))
         h.send(get(b"/a"))
-        self.assertEqual(h.client.producerState, "paused")
+        self.assertEqual(h.client.producerState, "producing")
         h.send(get(b"/b"))
+        self.assertEqual(h.client.producerState, "paused", "no more until decided")
         d, f, args = pending.pop()
         d.callback(f(*args))
         docker = h.acceptDocker()
