@@ -612,7 +612,8 @@ def server_context(
     makes at random, so a new context (a restart, a certificate or CA
     reload, another worker process) makes the old tickets worthless and the
     client falls back to a full handshake. A resumed session keeps the
-    client certificate checked in its full handshake.
+    client certificate checked in its full handshake. One ticket per
+    handshake (TLS 1.3), which is all a client reconnecting in turn needs.
 
     @raise CertificateError: if C{client_ca_pem} holds no PEM certificate.
     @raise ssl.SSLError: if OpenSSL refuses the certificate or key.
@@ -623,6 +624,10 @@ def server_context(
     # Debian's is) would otherwise also offer static RSA and SHA-1 suites.
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    # One TLS 1.3 ticket per handshake, not OpenSSL's two: a client that
+    # reconnects uses one and gets a new one each time, and each ticket
+    # sealed costs about 20 us of a 300 us handshake.
+    context.num_tickets = 1
     context.set_alpn_protocols(["http/1.1"])
     _load_chain(context, server.cert_pem, server.key_pem)
     if client_ca_pem is not None:

@@ -681,6 +681,7 @@ class ServerContextTests(SynchronousTestCase):
         self.assertIsInstance(context, ssl.SSLContext)
         self.assertEqual(context.minimum_version, ssl.TLSVersion.TLSv1_2)
         self.assertEqual(context.verify_mode, ssl.CERT_NONE)
+        self.assertEqual(context.num_tickets, 1)
 
     def test_handshake_negotiates_http11(self) -> None:
         """A modern client completes the handshake and agrees on http/1.1."""
