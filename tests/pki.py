@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -108,14 +109,17 @@ def issue(
     dns_names: Sequence[str] = (),
     key_usage: bool = False,
     ip_addresses: Sequence[str] = (),
+    key: Any = None,
 ) -> KeyAndCertificate:
     """
     A leaf certificate issued by C{ca}: for clients unless C{usage} says
     otherwise, with C{ip_addresses} and C{dns_names} as subject alternative
-    names, and a key usage extension when asked for.
+    names, and a key usage extension when asked for; for C{key} (a new
+    P-256 key unless given).
     """
     ca_key, ca_cert = ca
-    key = new_key()
+    if key is None:
+        key = new_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject(common_names))

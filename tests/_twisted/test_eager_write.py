@@ -37,6 +37,40 @@ class Collect(Protocol):
         self.factory.lost.callback(b"".join(self.factory.received))
 
 
+@implementer(IPushProducer)
+class IdleProducer:
+    """A streaming producer that never has anything to produce."""
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+@inlineCallbacks
+def serveOne(testCase, protocol):
+    """
+    Serve C{protocol} on 127.0.0.1 and connect a plain blocking client
+    socket to it: (the server protocol, the client socket).
+    """
+    factory = Factory.forProtocol(protocol)
+    factory.connected = Deferred()
+    factory.received = []
+    factory.lost = Deferred()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    testCase.addCleanup(port.stopListening)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    testCase.addCleanup(client.close)
+    client.settimeout(10)
+    server = yield factory.connected
+    testCase.addCleanup(server.transport.abortConnection)
+    return server, client
+
+
 class EagerWriteTests(TestCase):
     """
     A server transport on 127.0.0.1 with a plain blocking client socket: the
@@ -45,17 +79,7 @@ class EagerWriteTests(TestCase):
 
     @inlineCallbacks
     def connect(self):
-        factory = Factory.forProtocol(Collect)
-        factory.connected = Deferred()
-        factory.received = []
-        factory.lost = Deferred()
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.settimeout(10)
-        server = yield factory.connected
-        self.addCleanup(server.transport.abortConnection)
+        server, client = yield serveOne(self, Collect)
         return server.transport, client
 
     def recvExactly(self, client, size):
@@ -189,19 +213,8 @@ class CloseWriteNowTests(TestCase):
 
     @inlineCallbacks
     def connect(self):
-        factory = Factory.forProtocol(HalfCloseable)
-        factory.connected = Deferred()
-        factory.received = []
-        factory.lost = Deferred()
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        self.addCleanup(client.close)
-        client.settimeout(10)
-        server = yield factory.connected
-        self.addCleanup(server.transport.abortConnection)
-        self.server = server
-        return server.transport, client
+        self.server, client = yield serveOne(self, HalfCloseable)
+        return self.server.transport, client
 
     @inlineCallbacks
     def test_finAtOnce(self):
@@ -243,18 +256,6 @@ class CloseWriteNowTests(TestCase):
         waits for it.
         """
         transport, client = yield self.connect()
-
-        @implementer(IPushProducer)
-        class Idle:
-            def pauseProducing(self):
-                pass
-
-            def resumeProducing(self):
-                pass
-
-            def stopProducing(self):
-                pass
-
-        transport.registerProducer(Idle(), True)
+        transport.registerProducer(IdleProducer(), True)
         close_write_now(transport)
         self.assertFalse(self.server.writeClosed)

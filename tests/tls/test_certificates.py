@@ -759,18 +759,11 @@ class ServerContextTests(SynchronousTestCase):
 
     def rsa_files(self) -> tuple[str, str]:
         """An RSA server certificate and key, as an operator may bring."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node1")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256())
+        key, cert = issue(
+            make_ca("Operator CA"),
+            ["node1"],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
         )
         directory = self.mktemp()
         os.mkdir(directory)

@@ -17,7 +17,7 @@ import termios
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -27,6 +27,7 @@ from zope.interface import implementer
 from haven_agent.tls.certificates import load_or_create_self_signed, server_context
 from haven_agent.tls.failure import NoClientHello, describe_close
 from haven_agent.tls.transport import serve_tls
+from tests._twisted.test_eager_write import IdleProducer
 
 
 @implementer(IHalfCloseableProtocol)
@@ -203,17 +204,6 @@ class HalfCloseTests(TestCase):
         unregistered: what is still written meanwhile arrives before the
         close_notify.
         """
-
-        @implementer(IPushProducer)
-        class IdleProducer:
-            def pauseProducing(self):
-                pass
-
-            def resumeProducing(self):
-                pass
-
-            def stopProducing(self):
-                pass
 
         @implementer(IHalfCloseableProtocol)
         class ProducerThenClose(EchoThenDone):
