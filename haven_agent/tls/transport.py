@@ -155,8 +155,17 @@ class TLSServerConnection(Protocol):
             # Nothing after close_notify is application data.
             return
         self._incoming.write(data)  # type: ignore[union-attr]
-        if self._handshakeDone or self._handshake():
+        if self._handshakeDone:
             self._readRecords()
+        elif self._handshake():
+            # What came with the client's Finished is read first: a close
+            # asked for before the handshake would otherwise meet it in
+            # OpenSSL's shutdown, which takes it as a fatal error.
+            self._readRecords()
+            if self._writeClosePending:
+                self._finishWriteClose()
+            if self._closePending:
+                self._finishClose()
 
     def readConnectionLost(self) -> None:
         """
@@ -210,10 +219,6 @@ class TLSServerConnection(Protocol):
         early, self._early = self._early, None
         if early and not self._writeClosed:
             self._send(b"".join(early))
-        if self._writeClosePending:
-            self._finishWriteClose()
-        if self._closePending:
-            self._finishClose()
         return not (self._lost or self._broken)
 
     def _readRecords(self) -> None:
@@ -309,10 +314,12 @@ class TLSServerConnection(Protocol):
         if not self._handshakeDone or self._broken or self._lost:
             return
         try:
-            # Sends ours; raises while the peer's is still to come.
+            # Sends ours; raises "want read" while the peer's is to come.
             self._tls.unwrap()  # type: ignore[union-attr]
-        except ssl.SSLError:
+        except ssl.SSLWantReadError:
             pass
+        except ssl.SSLError:
+            self._broken = True
         self._flush()
 
     def _closeIfBothDone(self) -> None:

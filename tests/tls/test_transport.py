@@ -20,8 +20,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from haven_agent.tls.certificates import load_or_create_self_signed, server_context
@@ -535,3 +536,73 @@ class BeforeAndAfterHandshakeTests(TestCase):
         received, _, _ = yield deferToThread(tlsClient, port, b"hi", then=b"")
         self.assertEqual(received, b"hi")
         self.assertEqual(seen, [("made", None), ("data", None), ("alpn", b"http/1.1")])
+
+
+class CloseAskedBeforeHandshakeTests(SynchronousTestCase):
+    """
+    A half-close asked for before the handshake (the gate's 503 to an
+    overloaded client) waits until the request that came with the client's
+    Finished is read: OpenSSL's shutdown would otherwise meet that record
+    and fail the connection.
+    """
+
+    def test_requestWithFinishedReadFirst(self):
+        certificate = load_or_create_self_signed(
+            self.mktemp(), host_names=["localhost"], ip_addresses=["127.0.0.1"]
+        )
+        received = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Busy(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"busy")
+                self.transport.loseWriteConnection()
+
+            def dataReceived(self, data):
+                received.append(data)
+
+            def readConnectionLost(self):
+                pass
+
+            def writeConnectionLost(self):
+                pass
+
+        tls = serve_tls(server_context(certificate), Factory.forProtocol(Busy))
+        server = tls.buildProtocol(None)
+
+        class HalfCloseableWire(StringTransport):
+            writeClosed = False
+
+            def loseWriteConnection(self):
+                self.writeClosed = True
+
+        wire = HalfCloseableWire()
+        server.makeConnection(wire)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = context.wrap_bio(incoming, outgoing, server_side=False)
+        self.assertRaises(ssl.SSLWantReadError, client.do_handshake)
+        server.dataReceived(outgoing.read())
+        incoming.write(wire.value())
+        wire.clear()
+        client.do_handshake()
+        client.write(b"GET /_ping HTTP/1.1\r\n\r\n")
+        # The client's Finished and its request in one socket read.
+        server.dataReceived(outgoing.read())
+        incoming.write(wire.value())
+        self.assertEqual(received, [b"GET /_ping HTTP/1.1\r\n\r\n"])
+        self.assertFalse(server._broken)
+        answer = b""
+        while True:
+            try:
+                data = client.read(1000)
+            except ssl.SSLZeroReturnError:
+                break
+            if not data:
+                break
+            answer += data
+        self.assertEqual(answer, b"busy")
+        self.assertTrue(wire.writeClosed)
+        self.assertFalse(wire.disconnecting, "still reading: only a half-close")
