@@ -25,14 +25,15 @@ from __future__ import annotations
 from typing import Any
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def _idle_socket(transport: Any) -> Any:
     """
-    Write C{data} to C{transport}, sending it at once where that is safe.
+    The socket of C{transport} when bytes may go to it directly: a plain
+    socket transport, open, not closing either way, holding no unsent
+    bytes that they could overtake. None otherwise.
     """
     sock = getattr(transport, "socket", None)
     if (
         sock is None
-        or not data
         or transport._tempDataLen
         or transport.dataBuffer
         or transport.disconnecting
@@ -41,6 +42,16 @@ def write_now(transport: Any, data: bytes) -> None:
         or not transport.connected
         or transport.TLS
     ):
+        return None
+    return sock
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it at once where that is safe.
+    """
+    sock = _idle_socket(transport)
+    if sock is None or not data:
         transport.write(data)
         return
     try:
@@ -66,18 +77,7 @@ def close_write_now(transport: Any) -> None:
     `IHalfCloseableProtocol` that its write side is done); anything else
     takes the ordinary path.
     """
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or transport._tempDataLen
-        or transport.dataBuffer
-        or transport.producer is not None
-        or transport.disconnecting
-        or transport._writeDisconnecting
-        or transport._writeDisconnected
-        or not transport.connected
-        or transport.TLS
-    ):
+    if _idle_socket(transport) is None or transport.producer is not None:
         transport.loseWriteConnection()
         return
     transport._writeDisconnected = True
